@@ -1,1 +1,20 @@
-//! The AI gateway library.
+//! The AI gateway: identity, plans and models, provider adapters, the store, and the HTTP handlers
+//! that every Lambda function and the local server share line for line.
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod money;
+pub mod providers;
+pub mod secret;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use error::GatewayError;
+pub use state::AppState;

@@ -1,0 +1,211 @@
+//! The local server: every gateway endpoint in one process on loopback, calling the very handlers
+//! the Lambda functions call. Providers without an API key are served by the simulator, started in
+//! process, so the whole real code path runs without any account.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body as AxumBody;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use axum::{Json, Router};
+use gateway::api::extract::MAX_BODY_BYTES;
+use gateway::catalog::ProviderKind;
+use gateway::config::Settings;
+use gateway::error::RequestError;
+use gateway::ids::{OrgId, PlanId};
+use gateway::secret::Secret;
+use gateway::store::dynamo::DynamoStore;
+use gateway::store::memory::MemoryStore;
+use gateway::store::Stores;
+use gateway::AppState;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// Which store backs the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// In process memory; gone when the server stops.
+    Memory,
+    /// DynamoDB through the AWS SDK (`AWS_ENDPOINT_URL_DYNAMODB` for a local one).
+    Dynamodb,
+}
+
+/// How to run the local server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub store: StoreKind,
+    pub table: String,
+    pub create_tables: bool,
+    /// Enables `PUT /admin/orgs/{id}/plan` for whoever presents this token.
+    pub admin_token: Option<Secret>,
+}
+
+/// A running gateway's shared state and the routes that serve it.
+#[derive(Clone)]
+struct Server {
+    state: AppState,
+    admin_token: Option<Arc<Secret>>,
+}
+
+/// Reads the environment, starts the simulator for providers that have no key, builds the store.
+pub async fn build(options: &Options) -> anyhow::Result<Router> {
+    let fallback_secret = Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut settings = Settings::from_env_or(Some(fallback_secret))?;
+    if gateway::config::env("JWT_SECRET").is_none() {
+        tracing::warn!(
+            "JWT_SECRET is not set: using a random secret; tokens end with this process"
+        );
+    }
+
+    let missing: Vec<ProviderKind> = ProviderKind::ALL
+        .into_iter()
+        .filter(|kind| settings.providers.endpoint(*kind).api_key.is_none())
+        .collect();
+    if !missing.is_empty() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(err) =
+                simulator::serve(listener, simulator::SimulatorConfig::default()).await
+            {
+                tracing::error!(error = %err, "simulator stopped");
+            }
+        });
+        for kind in &missing {
+            let endpoint = settings.providers.endpoint_mut(*kind);
+            endpoint.base_url = url.clone();
+            endpoint.api_key = Some(Secret::new("simulated-key"));
+        }
+    }
+    for kind in ProviderKind::ALL {
+        let endpoint = settings.providers.endpoint(kind);
+        if missing.contains(&kind) {
+            tracing::info!(provider = %kind, url = %endpoint.base_url, "no API key: provider is simulated");
+        } else {
+            tracing::info!(provider = %kind, url = %endpoint.base_url, "API key set: calling the real provider");
+        }
+    }
+
+    let stores = match options.store {
+        StoreKind::Memory => {
+            tracing::info!("store: in memory");
+            Stores::from(Arc::new(MemoryStore::new()))
+        }
+        StoreKind::Dynamodb => {
+            let store = DynamoStore::from_env(options.table.clone()).await;
+            if options.create_tables {
+                store.create_table_if_missing().await?;
+            }
+            tracing::info!(table = %options.table, "store: DynamoDB");
+            Stores::from(Arc::new(store))
+        }
+    };
+    let state = AppState::new(&settings, stores)?;
+    Ok(router(state, options.admin_token.clone()))
+}
+
+/// The routes: the operator route when enabled, everything else through the gateway's dispatch.
+pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
+    let server = Server {
+        state,
+        admin_token: admin_token.map(Arc::new),
+    };
+    Router::new()
+        .route("/admin/orgs/{org_id}/plan", put(set_plan))
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .fallback(gateway_route)
+        .with_state(server)
+}
+
+/// Serves `router` until the process stops.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}
+
+fn to_axum(response: gateway::api::respond::HttpResponse) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes: Vec<u8> = body.as_ref().to_vec();
+    Response::from_parts(parts, AxumBody::from(bytes))
+}
+
+/// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver, and hands it
+/// to the same handler code.
+async fn gateway_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return to_axum(gateway::api::respond::error(
+                RequestError::PayloadTooLarge {
+                    limit: MAX_BODY_BYTES,
+                }
+                .into(),
+            ))
+        }
+    };
+    let body = if bytes.is_empty() {
+        lambda_http::Body::Empty
+    } else {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => lambda_http::Body::Text(text),
+            Err(err) => lambda_http::Body::Binary(err.into_bytes()),
+        }
+    };
+    let request = lambda_http::Request::from_parts(parts, body);
+    to_axum(gateway::api::dispatch(&server.state, request).await)
+}
+
+#[derive(Debug, Deserialize)]
+struct PlanBody {
+    plan: String,
+}
+
+/// `PUT /admin/orgs/{id}/plan` with `{"plan": "pro"}`: the operator's plan change. Answers 404 unless
+/// the server was started with an admin token, and 401 unless the caller presents it.
+async fn set_plan(
+    State(server): State<Server>,
+    Path(org_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<PlanBody>>,
+) -> Response {
+    let Some(expected) = &server.admin_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"detail": "Not found"})),
+        )
+            .into_response();
+    };
+    let presented = gateway::auth::bearer_token(&headers).unwrap_or_default();
+    if !bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        return to_axum(gateway::api::respond::error(
+            gateway::error::AuthError::InvalidToken.into(),
+        ));
+    }
+    let Some(Json(body)) = body else {
+        return to_axum(gateway::api::respond::error(
+            RequestError::InvalidField("plan: expected {\"plan\": \"<plan id>\"}".into()).into(),
+        ));
+    };
+    let org = OrgId::from(org_id);
+    let plan = PlanId::from(body.plan);
+    let state = &server.state;
+    match gateway::admin::set_plan(&state.catalog, state.stores.orgs.as_ref(), &org, &plan).await {
+        Ok(()) => {
+            tracing::info!(org_id = %org, plan = %plan, "plan changed by operator");
+            Json(serde_json::json!({"id": org, "plan": plan})).into_response()
+        }
+        Err(err) => to_axum(gateway::api::respond::error(err)),
+    }
+}
+
+/// The address the server should listen on.
+pub fn address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    Ok(format!("{host}:{port}").parse()?)
+}

@@ -1,0 +1,105 @@
+//! Reading requests: bodies (size, content type, JSON or form), the caller, and their current org.
+
+use http::header::CONTENT_TYPE;
+use lambda_http::Request;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{bearer_token, Caller};
+use crate::error::{AuthError, GatewayError, RequestError};
+use crate::ids::OrgId;
+use crate::state::AppState;
+use crate::store::{Membership, OrgAccess};
+
+/// The largest body any endpoint accepts.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+fn body_bytes(request: &Request) -> Result<&[u8], RequestError> {
+    let bytes: &[u8] = request.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(RequestError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+fn content_type_is(request: &Request, expected: &str) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+/// Parses a JSON body. Malformed JSON is a 400; a well-formed body with a missing or mistyped field
+/// is a 422 naming the field's path (`messages[0].role: …`).
+pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, RequestError> {
+    let bytes = body_bytes(request)?;
+    if !content_type_is(request, "application/json") {
+        return Err(RequestError::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::InvalidJson("the body is empty".into()));
+    }
+    // Syntax first, so a malformed body is never reported as a missing field.
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(RequestError::InvalidField(
+            "body: expected a JSON object".into(),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            RequestError::InvalidField(format!("body: {inner}"))
+        } else {
+            RequestError::InvalidField(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// Parses an `application/x-www-form-urlencoded` body.
+pub fn form_body<T: DeserializeOwned>(request: &Request) -> Result<T, RequestError> {
+    let bytes = body_bytes(request)?;
+    if !content_type_is(request, "application/x-www-form-urlencoded") {
+        return Err(RequestError::UnsupportedMediaType {
+            expected: "application/x-www-form-urlencoded",
+        });
+    }
+    serde_urlencoded::from_bytes(bytes).map_err(|e| RequestError::InvalidForm(e.to_string()))
+}
+
+/// The caller, from their bearer token.
+pub fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> {
+    state.tokens.verify(bearer_token(request.headers())?)
+}
+
+/// The organisation named by `X-Current-Org`, which the caller must belong to.
+pub async fn current_org(
+    state: &AppState,
+    request: &Request,
+    caller: &Caller,
+) -> Result<Membership, GatewayError> {
+    let org = request
+        .headers()
+        .get("x-current-org")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or(AuthError::MissingOrgHeader)?;
+    // Ids are UUIDs; anything longer is nobody's org, and is not worth a read.
+    if org.len() > 64 {
+        return Err(AuthError::OrgNotFound(org.chars().take(64).collect()).into());
+    }
+    let org = OrgId::from(org);
+    match state.stores.orgs.org_access(&org, &caller.user_id).await? {
+        OrgAccess::Member(membership) => Ok(membership),
+        OrgAccess::NotMember => Err(AuthError::NotMember(org.to_string()).into()),
+        OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
+    }
+}

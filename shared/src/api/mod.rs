@@ -1,0 +1,370 @@
+//! The HTTP handlers, one per endpoint. Each is short: parse, one call into the library, respond.
+//! Lambda functions run one handler each; the local server routes to all of them with [`dispatch`].
+
+pub mod extract;
+pub mod respond;
+
+use http::{Method, StatusCode};
+use lambda_http::Request;
+use serde::{Deserialize, Serialize};
+
+use crate::auth;
+use crate::chat::{self, ChatBody};
+use crate::error::{AuthError, GatewayError, PlanError, RequestError};
+use crate::ids::{OrgId, UserId};
+use crate::state::AppState;
+use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
+use extract::{caller, current_org, form_body, json_body};
+use respond::{finish, json, HttpResponse};
+
+/// What every handler returns to `lambda_http`: errors are already responses.
+pub type HandlerResult = Result<HttpResponse, lambda_http::Error>;
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct TokenBody {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+fn token_body(state: &AppState, user: &UserId, email: &str) -> Result<TokenBody, GatewayError> {
+    Ok(TokenBody {
+        access_token: state.tokens.issue(user, email)?,
+        token_type: "bearer",
+        expires_in: state.tokens.ttl().as_secs(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+fn normalise_email(raw: &str) -> Result<String, RequestError> {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.chars().any(char::is_whitespace);
+    if valid {
+        Ok(email)
+    } else {
+        Err(RequestError::InvalidField(
+            "email: must be a valid email address".into(),
+        ))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), RequestError> {
+    let chars = password.chars().count();
+    if !(8..=128).contains(&chars) {
+        return Err(RequestError::InvalidField(
+            "password: must be between 8 and 128 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs CPU-heavy password work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, GatewayError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| GatewayError::Internal(format!("password task failed: {e}")))
+}
+
+/// `POST /api/v1/auth/register` with `{"email", "password"}` → 201 and a token.
+pub async fn register(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(register_inner(state, &request).await))
+}
+
+async fn register_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let body: Credentials = json_body(request)?;
+    let email = normalise_email(&body.email)?;
+    check_password(&body.password)?;
+    let password = body.password;
+    let password_hash = blocking(move || auth::hash_password(&password)).await??;
+    let user = UserRecord {
+        id: UserId::generate(),
+        email,
+        password_hash,
+        created_at: now_rfc3339(),
+    };
+    match state.stores.users.create_user(&user).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(RequestError::Conflict("Email already registered".into()).into())
+        }
+        Err(other) => return Err(other.into()),
+    }
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok(json(
+        StatusCode::CREATED,
+        &token_body(state, &user.id, &user.email)?,
+    ))
+}
+
+/// OAuth2 password-grant style form, as FastAPI's `OAuth2PasswordRequestForm` takes it.
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/v1/auth/login`, form-urlencoded `username=<email>&password=…` → a token.
+pub async fn login(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(login_inner(state, &request).await))
+}
+
+async fn login_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let form: LoginForm = form_body(request)?;
+    let email = form.username.trim().to_lowercase();
+    let user = state.stores.users.user_by_email(&email).await?;
+    let password = form.password;
+    let verified = blocking(move || match user {
+        Some(user) if auth::verify_password(&password, &user.password_hash) => Some(user),
+        Some(_) => None,
+        None => {
+            auth::verify_against_dummy(&password);
+            None
+        }
+    })
+    .await?;
+    let user = verified.ok_or(AuthError::BadCredentials)?;
+    Ok(json(
+        StatusCode::OK,
+        &token_body(state, &user.id, &user.email)?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct NewOrgBody {
+    name: String,
+    slug: String,
+}
+
+/// An organisation as its members see it.
+#[derive(Debug, Serialize)]
+struct OrgBody {
+    id: OrgId,
+    name: String,
+    slug: String,
+    plan: String,
+    role: &'static str,
+    created_at: String,
+}
+
+impl From<Membership> for OrgBody {
+    fn from(m: Membership) -> OrgBody {
+        OrgBody {
+            id: m.org.id,
+            name: m.org.name,
+            slug: m.org.slug,
+            plan: m.org.plan.to_string(),
+            role: m.role.as_str(),
+            created_at: m.org.created_at,
+        }
+    }
+}
+
+fn check_slug(slug: &str) -> Result<(), RequestError> {
+    let ok = (3..=63).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-')
+        && !slug.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(RequestError::InvalidField(
+            "slug: must be 3-63 lower-case letters, digits or single hyphens, not starting or ending with a hyphen".into(),
+        ))
+    }
+}
+
+/// `POST /api/v1/orgs` with `{"name", "slug"}` → 201 and the org; the caller owns it.
+pub async fn create_org(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(create_org_inner(state, &request).await))
+}
+
+async fn create_org_inner(
+    state: &AppState,
+    request: &Request,
+) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let body: NewOrgBody = json_body(request)?;
+    let name = body.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(RequestError::InvalidField("name: must be 1-100 characters".into()).into());
+    }
+    check_slug(&body.slug)?;
+    let now = now_rfc3339();
+    let org = OrgRecord {
+        id: OrgId::generate(),
+        name,
+        slug: body.slug,
+        plan: state.catalog.default_plan.clone(),
+        owner_id: caller.user_id.clone(),
+        created_at: now.clone(),
+    };
+    match state.stores.orgs.create_org(&org, &now).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(
+                RequestError::Conflict(format!("Slug {} is already taken", org.slug)).into(),
+            )
+        }
+        Err(other) => return Err(other.into()),
+    }
+    tracing::info!(org_id = %org.id, user_id = %caller.user_id, "organization created");
+    Ok(json(
+        StatusCode::CREATED,
+        &OrgBody::from(Membership {
+            org,
+            role: crate::store::Role::Owner,
+        }),
+    ))
+}
+
+/// `GET /api/v1/orgs` → the caller's orgs, oldest first.
+pub async fn list_orgs(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(list_orgs_inner(state, &request).await))
+}
+
+async fn list_orgs_inner(
+    state: &AppState,
+    request: &Request,
+) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let orgs: Vec<OrgBody> = state
+        .stores
+        .orgs
+        .orgs_of(&caller.user_id)
+        .await?
+        .into_iter()
+        .map(OrgBody::from)
+        .collect();
+    Ok(json(StatusCode::OK, &orgs))
+}
+
+/// `POST /api/v1/ai/chat` → the model's answer with its usage.
+pub async fn chat(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(chat_inner(state, &request).await))
+}
+
+async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let body: ChatBody = json_body(request)?;
+    if body.stream == Some(true) {
+        return Err(RequestError::InvalidField(
+            "stream: streaming answers are served by POST /api/v1/ai/chat/stream".into(),
+        )
+        .into());
+    }
+    let plan = state
+        .catalog
+        .plan(&membership.org.plan)
+        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()))?;
+    let prepared = chat::prepare(&state.catalog, plan, body)?;
+    let answer = chat::answer(&state.providers, &prepared).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+#[derive(Debug, Serialize)]
+struct ModelsBody<'a> {
+    plan: &'a str,
+    models: Vec<ModelBody<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelBody<'a> {
+    id: &'a str,
+    name: &'a str,
+    provider: &'a str,
+    max_tokens: u32,
+}
+
+/// `GET /api/v1/ai/models` → the models the org's plan allows.
+pub async fn models(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(models_inner(state, &request).await))
+}
+
+async fn models_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let plan = state
+        .catalog
+        .plan(&membership.org.plan)
+        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()))?;
+    let models = state
+        .catalog
+        .models_in(plan)
+        .into_iter()
+        .map(|m| ModelBody {
+            id: m.id.as_str(),
+            name: &m.name,
+            provider: m.provider.as_str(),
+            max_tokens: m.max_tokens,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &ModelsBody {
+            plan: plan.id.as_str(),
+            models,
+        },
+    ))
+}
+
+/// The routes, as API Gateway maps them to functions.
+const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/auth/register"),
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/orgs"),
+    ("GET", "/api/v1/orgs"),
+    ("POST", "/api/v1/ai/chat"),
+    ("GET", "/api/v1/ai/models"),
+];
+
+/// Routes a request to its handler, as API Gateway does in AWS: for the local server and tests.
+pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let method = request.method().clone();
+    let result = match (method.as_str(), path.as_str()) {
+        ("POST", "/api/v1/auth/register") => register(state, request).await,
+        ("POST", "/api/v1/auth/login") => login(state, request).await,
+        ("POST", "/api/v1/orgs") => create_org(state, request).await,
+        ("GET", "/api/v1/orgs") => list_orgs(state, request).await,
+        ("POST", "/api/v1/ai/chat") => chat(state, request).await,
+        ("GET", "/api/v1/ai/models") => models(state, request).await,
+        _ => {
+            let known_path = ROUTES.iter().any(|(_, p)| *p == path);
+            let error = if known_path && method != Method::OPTIONS {
+                RequestError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path,
+                }
+            } else {
+                RequestError::RouteNotFound {
+                    method: method.to_string(),
+                    path,
+                }
+            };
+            Ok(respond::error(error.into()))
+        }
+    };
+    result
+        .unwrap_or_else(|e| respond::error(GatewayError::Internal(format!("handler failed: {e}"))))
+}

@@ -1,0 +1,73 @@
+//! Turning results into HTTP responses: JSON bodies, and errors as `{"detail": …}`, logged once here.
+
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::StatusCode;
+use lambda_http::{Body, Response};
+use serde::Serialize;
+
+use crate::error::{AuthError, GatewayError};
+
+pub type HttpResponse = Response<Body>;
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    match serde_json::to_string(value) {
+        Ok(text) => Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::Text(text))
+            .unwrap_or_else(|_| fallback()),
+        Err(err) => error(GatewayError::Internal(format!(
+            "serialising a response failed: {err}"
+        ))),
+    }
+}
+
+fn fallback() -> HttpResponse {
+    let mut response = Response::new(Body::Text(
+        r#"{"detail":"Internal server error"}"#.to_owned(),
+    ));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[derive(Serialize)]
+struct Detail {
+    detail: String,
+}
+
+/// An error response. Server faults are logged with their full (secret-free) cause; client
+/// mistakes are only answered.
+pub fn error(err: GatewayError) -> HttpResponse {
+    let status = err.status();
+    if err.is_server_fault() {
+        tracing::error!(status = status.as_u16(), error = %err, "request failed");
+    } else {
+        tracing::debug!(status = status.as_u16(), error = %err, "request refused");
+    }
+    let mut response = json(
+        status,
+        &Detail {
+            detail: err.detail(),
+        },
+    );
+    if matches!(
+        err,
+        GatewayError::Auth(
+            AuthError::MissingToken
+                | AuthError::InvalidToken
+                | AuthError::ExpiredToken
+                | AuthError::BadCredentials
+        )
+    ) {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Collapses a handler's result into a response.
+pub fn finish(result: Result<HttpResponse, GatewayError>) -> HttpResponse {
+    result.unwrap_or_else(error)
+}

@@ -1,0 +1,253 @@
+//! Identity: Argon2id password hashes and signed, expiring bearer tokens (HS256, algorithm pinned).
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::error::{AuthError, GatewayError};
+use crate::ids::UserId;
+use crate::secret::Secret;
+
+const ISSUER: &str = "ai-gateway";
+
+/// Hashes a password with Argon2id (OWASP's parameters, the crate's defaults) and a random salt.
+/// CPU-bound for tens of milliseconds: call it from a blocking task.
+pub fn hash_password(password: &str) -> Result<String, GatewayError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| GatewayError::Internal(format!("hashing a password failed: {e}")))
+}
+
+/// Checks `password` against a stored PHC hash. Unparseable hashes never match.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Spends the same time as a real check when the email is unknown, so response times do not reveal
+/// which emails have accounts.
+pub fn verify_against_dummy(password: &str) {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    if let Some(hash) = DUMMY.get_or_init(|| hash_password(&uuid::Uuid::new_v4().to_string()).ok())
+    {
+        let _ = verify_password(password, hash);
+    }
+}
+
+/// The claims inside an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    pub email: String,
+    pub iss: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// The caller, once their token checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub email: String,
+}
+
+/// Issues and checks access tokens.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl TokenIssuer {
+    pub fn new(secret: &Secret, ttl: Duration) -> Result<TokenIssuer, ConfigError> {
+        let invalid = |e: jsonwebtoken::errors::Error| ConfigError::Invalid {
+            name: "JWT_SECRET",
+            reason: e.to_string(),
+        };
+        // Only HS256 is accepted: a token claiming `none` or any other algorithm is refused before
+        // its signature is even looked at.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.leeway = 5;
+        Ok(TokenIssuer {
+            encoding: EncodingKey::from_secret(secret.expose().as_bytes()).map_err(invalid)?,
+            decoding: DecodingKey::from_secret(secret.expose().as_bytes()).map_err(invalid)?,
+            validation,
+            ttl,
+        })
+    }
+
+    pub fn issue(&self, user_id: &UserId, email: &str) -> Result<String, GatewayError> {
+        let iat = unix_now();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            email: email.to_owned(),
+            iss: ISSUER.to_owned(),
+            iat,
+            exp: iat + self.ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| GatewayError::Internal(format!("signing a token failed: {e}")))
+    }
+
+    /// Checks signature, algorithm, issuer and expiry.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::ExpiredToken,
+                _ => AuthError::InvalidToken,
+            })?;
+        Ok(Caller {
+            user_id: UserId::from(data.claims.sub),
+            email: data.claims.email,
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Signs arbitrary claims with this issuer's key; lets tests forge expired tokens.
+    pub fn sign_claims(&self, claims: &Claims) -> Result<String, GatewayError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| GatewayError::Internal(format!("signing a token failed: {e}")))
+    }
+}
+
+/// Reads `Authorization: Bearer <token>`.
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::MissingToken)?
+        .to_str()
+        .map_err(|_| AuthError::InvalidToken)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::InvalidToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::InvalidToken);
+    }
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::new(
+            &Secret::new("0123456789abcdef0123456789abcdef"),
+            Duration::from_secs(60),
+        )
+        .expect("valid secret")
+    }
+
+    #[test]
+    fn hashes_are_argon2id_and_verify() {
+        let hash = hash_password("correct horse").expect("hash");
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let issuer = issuer();
+        let token = issuer.issue(&UserId::from("u1"), "a@b.c").expect("token");
+        let caller = issuer.verify(&token).expect("valid");
+        assert_eq!(caller.user_id, UserId::from("u1"));
+    }
+
+    #[test]
+    fn tokens_signed_with_another_key_are_refused() {
+        let other = TokenIssuer::new(
+            &Secret::new("another-secret-another-secret-xx"),
+            Duration::from_secs(60),
+        )
+        .expect("valid secret");
+        let token = other.issue(&UserId::from("u1"), "a@b.c").expect("token");
+        assert_eq!(issuer().verify(&token), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        // GIVEN a token whose header says alg=none and whose signature is empty
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let claims = b64.encode(
+            serde_json::to_vec(&Claims {
+                sub: "u1".into(),
+                email: "a@b.c".into(),
+                iss: ISSUER.into(),
+                iat: unix_now(),
+                exp: unix_now() + 600,
+            })
+            .expect("json"),
+        );
+        // THEN it is refused
+        assert_eq!(
+            issuer().verify(&format!("{header}.{claims}.")),
+            Err(AuthError::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let issuer = issuer();
+        let token = issuer
+            .sign_claims(&Claims {
+                sub: "u1".into(),
+                email: "a@b.c".into(),
+                iss: ISSUER.into(),
+                iat: 1,
+                exp: 2,
+            })
+            .expect("token");
+        assert_eq!(issuer.verify(&token), Err(AuthError::ExpiredToken));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(bearer_token(&headers), Err(AuthError::MissingToken));
+        headers.insert("authorization", "Basic abc".parse().expect("header"));
+        assert_eq!(bearer_token(&headers), Err(AuthError::InvalidToken));
+        headers.insert("authorization", "bearer abc".parse().expect("header"));
+        assert_eq!(bearer_token(&headers), Ok("abc"));
+    }
+}

@@ -1,0 +1,255 @@
+//! The model catalog and the plans: data, with SPEC's defaults built in and an operator's TOML file
+//! layered on top (see [`crate::config`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ModelId, PlanId};
+use crate::money::NanoUsd;
+
+/// The upstream providers the gateway speaks to: a closed set, one adapter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Google,
+    Anthropic,
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 3] = [
+        ProviderKind::Google,
+        ProviderKind::Anthropic,
+        ProviderKind::OpenAi,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Google => "google",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One model a client may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub id: ModelId,
+    pub name: String,
+    pub provider: ProviderKind,
+    /// The id sent upstream; lets an operator point a public id at a newer model.
+    pub upstream: String,
+    /// The most output tokens one request may ask for.
+    pub max_tokens: u32,
+    pub input_price: NanoUsd,
+    pub output_price: NanoUsd,
+}
+
+impl Model {
+    /// The cost of a request that used these tokens.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> NanoUsd {
+        self.input_price.times(input_tokens) + self.output_price.times(output_tokens)
+    }
+}
+
+/// A monthly or per-minute allowance; `None` means unlimited.
+pub type Limit = Option<u64>;
+
+/// What an organisation on a plan may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: PlanId,
+    pub requests_per_minute: u64,
+    pub messages_per_month: Limit,
+    pub tokens_per_month: Limit,
+    pub max_tokens_per_request: u32,
+    pub models: ModelSet,
+}
+
+impl Plan {
+    pub fn allows(&self, model: &ModelId) -> bool {
+        match &self.models {
+            ModelSet::All => true,
+            ModelSet::Only(ids) => ids.contains(model),
+        }
+    }
+}
+
+/// The models a plan allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSet {
+    All,
+    Only(Vec<ModelId>),
+}
+
+/// Every model and plan the gateway knows, after the operator's overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub models: BTreeMap<ModelId, Model>,
+    pub plans: BTreeMap<PlanId, Plan>,
+    /// The model used when a request names none.
+    pub default_model: ModelId,
+    /// The plan a new organisation starts on.
+    pub default_plan: PlanId,
+}
+
+impl Catalog {
+    pub fn model(&self, id: &ModelId) -> Option<&Model> {
+        self.models.get(id)
+    }
+
+    pub fn plan(&self, id: &PlanId) -> Option<&Plan> {
+        self.plans.get(id)
+    }
+
+    /// The public model ids, sorted, for error messages.
+    pub fn model_ids(&self) -> Vec<&str> {
+        self.models.keys().map(ModelId::as_str).collect()
+    }
+
+    /// The models `plan` allows, in catalog order.
+    pub fn models_in(&self, plan: &Plan) -> Vec<&Model> {
+        self.models
+            .values()
+            .filter(|m| plan.allows(&m.id))
+            .collect()
+    }
+
+    /// SPEC's default catalog and plans.
+    pub fn builtin() -> Catalog {
+        let model = |id: &str, name: &str, provider, upstream: &str, max_tokens, input, output| {
+            let price = |nanos| NanoUsd(nanos);
+            (
+                ModelId::from(id),
+                Model {
+                    id: ModelId::from(id),
+                    name: name.to_owned(),
+                    provider,
+                    upstream: upstream.to_owned(),
+                    max_tokens,
+                    input_price: price(input),
+                    output_price: price(output),
+                },
+            )
+        };
+        let models = BTreeMap::from([
+            model(
+                "gemini-1.5-flash",
+                "Gemini 1.5 Flash",
+                ProviderKind::Google,
+                "gemini-1.5-flash",
+                8_192,
+                350,
+                1_050,
+            ),
+            model(
+                "gemini-1.5-pro",
+                "Gemini 1.5 Pro",
+                ProviderKind::Google,
+                "gemini-1.5-pro",
+                8_192,
+                1_250,
+                3_750,
+            ),
+            model(
+                "claude-3-haiku",
+                "Claude 3 Haiku",
+                ProviderKind::Anthropic,
+                "claude-3-haiku-20240307",
+                4_096,
+                250,
+                1_250,
+            ),
+            model(
+                "gpt-4o-mini",
+                "GPT-4o Mini",
+                ProviderKind::OpenAi,
+                "gpt-4o-mini",
+                16_384,
+                150,
+                600,
+            ),
+        ]);
+        let plan = |id: &str, rpm, messages, tokens, max_tokens, models| {
+            (
+                PlanId::from(id),
+                Plan {
+                    id: PlanId::from(id),
+                    requests_per_minute: rpm,
+                    messages_per_month: messages,
+                    tokens_per_month: tokens,
+                    max_tokens_per_request: max_tokens,
+                    models,
+                },
+            )
+        };
+        let plans = BTreeMap::from([
+            plan(
+                "free",
+                5,
+                Some(50),
+                Some(50_000),
+                1_024,
+                ModelSet::Only(vec![
+                    ModelId::from("gemini-1.5-flash"),
+                    ModelId::from("gpt-4o-mini"),
+                ]),
+            ),
+            plan(
+                "pro",
+                60,
+                Some(10_000),
+                Some(10_000_000),
+                4_096,
+                ModelSet::All,
+            ),
+            plan("team", 300, None, None, 8_192, ModelSet::All),
+        ]);
+        Catalog {
+            models,
+            plans,
+            default_model: ModelId::from("gemini-1.5-flash"),
+            default_plan: PlanId::from("free"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_matches_the_spec() {
+        let catalog = Catalog::builtin();
+        let haiku = catalog
+            .model(&ModelId::from("claude-3-haiku"))
+            .expect("haiku");
+        assert_eq!(haiku.upstream, "claude-3-haiku-20240307");
+        assert_eq!(haiku.provider, ProviderKind::Anthropic);
+        let free = catalog.plan(&PlanId::from("free")).expect("free");
+        assert!(free.allows(&ModelId::from("gpt-4o-mini")));
+        assert!(!free.allows(&ModelId::from("gemini-1.5-pro")));
+        let team = catalog.plan(&PlanId::from("team")).expect("team");
+        assert_eq!(team.messages_per_month, None);
+        assert_eq!(catalog.models_in(team).len(), 4);
+    }
+
+    #[test]
+    fn seed_cost_example() {
+        let catalog = Catalog::builtin();
+        let flash = catalog
+            .model(&ModelId::from("gemini-1.5-flash"))
+            .expect("flash");
+        assert_eq!(flash.cost(100, 200), NanoUsd(245_000));
+    }
+}

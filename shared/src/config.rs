@@ -1,0 +1,524 @@
+//! Start-up configuration: the environment (the only place that reads it) and the operator's TOML
+//! file that overrides the built-in catalog and plans field by field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::{Catalog, Limit, Model, ModelSet, Plan, ProviderKind};
+use crate::ids::{ModelId, PlanId};
+use crate::money::NanoUsd;
+use crate::secret::Secret;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// Everything read from the environment at cold start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub jwt_secret: Secret,
+    pub token_ttl: Duration,
+    pub table_name: Option<String>,
+    pub providers: ProviderSettings,
+    pub catalog: Catalog,
+}
+
+/// Where each provider lives and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub openai: Endpoint,
+    pub anthropic: Endpoint,
+    pub google: Endpoint,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl ProviderSettings {
+    pub fn endpoint(&self, kind: ProviderKind) -> &Endpoint {
+        match kind {
+            ProviderKind::OpenAi => &self.openai,
+            ProviderKind::Anthropic => &self.anthropic,
+            ProviderKind::Google => &self.google,
+        }
+    }
+
+    pub fn endpoint_mut(&mut self, kind: ProviderKind) -> &mut Endpoint {
+        match kind {
+            ProviderKind::OpenAi => &mut self.openai,
+            ProviderKind::Anthropic => &mut self.anthropic,
+            ProviderKind::Google => &mut self.google,
+        }
+    }
+}
+
+/// One provider's base URL (without the API path) and key.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+}
+
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com";
+pub const ANTHROPIC_DEFAULT_BASE: &str = "https://api.anthropic.com";
+pub const GOOGLE_DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com";
+
+/// Reads a variable, treating an empty value as unset (SAM passes empty parameters as "").
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_secs(name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    match env(name) {
+        None => Ok(Duration::from_secs(default)),
+        Some(raw) => raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .ok_or(ConfigError::Invalid {
+                name,
+                reason: format!("expected a positive number of seconds, got {raw:?}"),
+            }),
+    }
+}
+
+impl Settings {
+    /// Reads the environment. `JWT_SECRET` is required here; the local server supplies a random one
+    /// when it is unset (see `local-server`).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_env_or(None)
+    }
+
+    /// As [`Settings::from_env`], with a signing secret to use when `JWT_SECRET` is unset.
+    pub fn from_env_or(jwt_fallback: Option<Secret>) -> Result<Settings, ConfigError> {
+        let jwt_secret = env("JWT_SECRET")
+            .or_else(|| jwt_fallback.map(|s| s.expose().to_owned()))
+            .ok_or(ConfigError::Missing("JWT_SECRET"))?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                name: "JWT_SECRET",
+                reason: "must be at least 32 bytes".into(),
+            });
+        }
+        let catalog = match env("GATEWAY_CONFIG") {
+            Some(path) => load_catalog(Path::new(&path))?,
+            None => Catalog::builtin(),
+        };
+        let endpoint = |base: &str, default: &str, key: &str| Endpoint {
+            base_url: env(base)
+                .unwrap_or_else(|| default.to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            api_key: env(key).map(Secret::new),
+        };
+        Ok(Settings {
+            jwt_secret: Secret::new(jwt_secret),
+            token_ttl: env_secs("JWT_TTL_SECONDS", 24 * 3600)?,
+            table_name: env("GATEWAY_TABLE"),
+            providers: ProviderSettings {
+                openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, "OPENAI_API_KEY"),
+                anthropic: endpoint(
+                    "ANTHROPIC_BASE_URL",
+                    ANTHROPIC_DEFAULT_BASE,
+                    "ANTHROPIC_API_KEY",
+                ),
+                google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, "GEMINI_API_KEY"),
+                connect_timeout: env_secs("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5)?,
+                request_timeout: env_secs("PROVIDER_TIMEOUT_SECONDS", 25)?,
+            },
+            catalog,
+        })
+    }
+
+    /// The DynamoDB table, required by the DynamoDB store.
+    pub fn require_table(&self) -> Result<&str, ConfigError> {
+        self.table_name
+            .as_deref()
+            .ok_or(ConfigError::Missing("GATEWAY_TABLE"))
+    }
+}
+
+/// Reads the operator's TOML file and applies it over the built-in catalog.
+pub fn load_catalog(path: &Path) -> Result<Catalog, ConfigError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    apply_overrides(Catalog::builtin(), &text).map_err(|reason| ConfigError::File {
+        path: display,
+        reason,
+    })
+}
+
+/// The operator's file. Every field is optional: what is given replaces the built-in value, what is
+/// absent keeps it. Unknown fields are errors, so a typo cannot silently do nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    default_model: Option<String>,
+    default_plan: Option<String>,
+    #[serde(default)]
+    models: BTreeMap<String, ModelPatch>,
+    #[serde(default)]
+    plans: BTreeMap<String, PlanPatch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelPatch {
+    name: Option<String>,
+    provider: Option<ProviderKind>,
+    upstream: Option<String>,
+    max_tokens: Option<u32>,
+    input_usd_per_1k: Option<f64>,
+    output_usd_per_1k: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanPatch {
+    requests_per_minute: Option<u64>,
+    messages_per_month: Option<LimitValue>,
+    tokens_per_month: Option<LimitValue>,
+    max_tokens_per_request: Option<u32>,
+    models: Option<ModelsValue>,
+}
+
+/// A count, or the string `"unlimited"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum LimitValue {
+    Count(u64),
+    Word(String),
+}
+
+impl LimitValue {
+    fn into_limit(self, field: &str) -> Result<Limit, String> {
+        match self {
+            LimitValue::Count(n) => Ok(Some(n)),
+            LimitValue::Word(w) if w == "unlimited" => Ok(None),
+            LimitValue::Word(w) => Err(format!(
+                "{field}: expected a number or \"unlimited\", got {w:?}"
+            )),
+        }
+    }
+}
+
+/// A list of model ids, or the string `"all"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ModelsValue {
+    List(Vec<String>),
+    Word(String),
+}
+
+fn price(field: &str, usd_per_1k: f64) -> Result<NanoUsd, String> {
+    NanoUsd::per_token_from_usd_per_1k(usd_per_1k).map_err(|e| format!("{field}: {e}"))
+}
+
+const MODEL_FIELDS: [&str; 6] = [
+    "name",
+    "provider",
+    "upstream",
+    "max_tokens",
+    "input_usd_per_1k",
+    "output_usd_per_1k",
+];
+
+/// Model ids contain dots (`gemini-1.5-flash`), which TOML reads as nesting unless quoted: an
+/// unquoted `[models.gemini-1.5-flash]` arrives as `models."gemini-1"."5-flash"`. Tables that
+/// hold no model field are joined back into one dotted id, so both spellings work.
+fn rejoin_dotted_ids(models: toml::Table) -> toml::Table {
+    fn walk(prefix: String, table: toml::Table, out: &mut toml::Table) {
+        let is_model = table.keys().any(|k| MODEL_FIELDS.contains(&k.as_str()))
+            || !table.values().all(toml::Value::is_table);
+        if is_model || table.is_empty() {
+            out.insert(prefix, toml::Value::Table(table));
+            return;
+        }
+        for (key, value) in table {
+            if let toml::Value::Table(inner) = value {
+                walk(format!("{prefix}.{key}"), inner, out);
+            }
+        }
+    }
+    let mut out = toml::Table::new();
+    for (id, value) in models {
+        match value {
+            toml::Value::Table(table) => walk(id, table, &mut out),
+            other => {
+                out.insert(id, other);
+            }
+        }
+    }
+    out
+}
+
+/// Applies the TOML `text` over `catalog`, then checks the result is coherent.
+pub fn apply_overrides(mut catalog: Catalog, text: &str) -> Result<Catalog, String> {
+    let mut raw: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(toml::Value::Table(models)) = raw.get_mut("models") {
+        *models = rejoin_dotted_ids(std::mem::take(models));
+    }
+    let file: ConfigFile = raw.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+
+    for (id, patch) in file.models {
+        let at = format!("models.{id}");
+        let model_id = ModelId::from(id.as_str());
+        let model = match catalog.models.remove(&model_id) {
+            Some(mut model) => {
+                if let Some(v) = patch.name {
+                    model.name = v;
+                }
+                if let Some(v) = patch.provider {
+                    model.provider = v;
+                }
+                if let Some(v) = patch.upstream {
+                    model.upstream = v;
+                }
+                if let Some(v) = patch.max_tokens {
+                    model.max_tokens = v;
+                }
+                if let Some(v) = patch.input_usd_per_1k {
+                    model.input_price = price(&format!("{at}.input_usd_per_1k"), v)?;
+                }
+                if let Some(v) = patch.output_usd_per_1k {
+                    model.output_price = price(&format!("{at}.output_usd_per_1k"), v)?;
+                }
+                model
+            }
+            None => {
+                let missing = |field: &str| format!("{at}: a new model needs `{field}`");
+                Model {
+                    id: model_id.clone(),
+                    name: patch.name.unwrap_or_else(|| id.clone()),
+                    provider: patch.provider.ok_or_else(|| missing("provider"))?,
+                    upstream: patch.upstream.unwrap_or_else(|| id.clone()),
+                    max_tokens: patch.max_tokens.ok_or_else(|| missing("max_tokens"))?,
+                    input_price: price(
+                        &format!("{at}.input_usd_per_1k"),
+                        patch
+                            .input_usd_per_1k
+                            .ok_or_else(|| missing("input_usd_per_1k"))?,
+                    )?,
+                    output_price: price(
+                        &format!("{at}.output_usd_per_1k"),
+                        patch
+                            .output_usd_per_1k
+                            .ok_or_else(|| missing("output_usd_per_1k"))?,
+                    )?,
+                }
+            }
+        };
+        if model.max_tokens == 0 {
+            return Err(format!("{at}.max_tokens must be positive"));
+        }
+        catalog.models.insert(model_id, model);
+    }
+
+    for (id, patch) in file.plans {
+        let at = format!("plans.{id}");
+        let plan_id = PlanId::from(id.as_str());
+        let models = patch
+            .models
+            .map(|m| match m {
+                ModelsValue::Word(w) if w == "all" => Ok(ModelSet::All),
+                ModelsValue::Word(w) => Err(format!(
+                    "{at}.models: expected a list of model ids or \"all\", got {w:?}"
+                )),
+                ModelsValue::List(ids) => {
+                    Ok(ModelSet::Only(ids.into_iter().map(ModelId::from).collect()))
+                }
+            })
+            .transpose()?;
+        let messages = patch
+            .messages_per_month
+            .map(|v| v.into_limit(&format!("{at}.messages_per_month")))
+            .transpose()?;
+        let tokens = patch
+            .tokens_per_month
+            .map(|v| v.into_limit(&format!("{at}.tokens_per_month")))
+            .transpose()?;
+        let plan = match catalog.plans.remove(&plan_id) {
+            Some(mut plan) => {
+                if let Some(v) = patch.requests_per_minute {
+                    plan.requests_per_minute = v;
+                }
+                if let Some(v) = messages {
+                    plan.messages_per_month = v;
+                }
+                if let Some(v) = tokens {
+                    plan.tokens_per_month = v;
+                }
+                if let Some(v) = patch.max_tokens_per_request {
+                    plan.max_tokens_per_request = v;
+                }
+                if let Some(v) = models {
+                    plan.models = v;
+                }
+                plan
+            }
+            None => {
+                let missing = |field: &str| format!("{at}: a new plan needs `{field}`");
+                Plan {
+                    id: plan_id.clone(),
+                    requests_per_minute: patch
+                        .requests_per_minute
+                        .ok_or_else(|| missing("requests_per_minute"))?,
+                    messages_per_month: messages.ok_or_else(|| missing("messages_per_month"))?,
+                    tokens_per_month: tokens.ok_or_else(|| missing("tokens_per_month"))?,
+                    max_tokens_per_request: patch
+                        .max_tokens_per_request
+                        .ok_or_else(|| missing("max_tokens_per_request"))?,
+                    models: models.ok_or_else(|| missing("models"))?,
+                }
+            }
+        };
+        if plan.requests_per_minute == 0 || plan.max_tokens_per_request == 0 {
+            return Err(format!(
+                "{at}: requests_per_minute and max_tokens_per_request must be positive"
+            ));
+        }
+        catalog.plans.insert(plan_id, plan);
+    }
+
+    if let Some(id) = file.default_model {
+        catalog.default_model = ModelId::from(id);
+    }
+    if let Some(id) = file.default_plan {
+        catalog.default_plan = PlanId::from(id);
+    }
+    validate(&catalog)?;
+    Ok(catalog)
+}
+
+fn validate(catalog: &Catalog) -> Result<(), String> {
+    if !catalog.models.contains_key(&catalog.default_model) {
+        return Err(format!(
+            "default_model {} is not in the catalog",
+            catalog.default_model
+        ));
+    }
+    if !catalog.plans.contains_key(&catalog.default_plan) {
+        return Err(format!(
+            "default_plan {} is not a plan",
+            catalog.default_plan
+        ));
+    }
+    for plan in catalog.plans.values() {
+        if let ModelSet::Only(ids) = &plan.models {
+            if let Some(unknown) = ids.iter().find(|id| !catalog.models.contains_key(*id)) {
+                return Err(format!(
+                    "plans.{}.models names unknown model {unknown}",
+                    plan.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(text: &str) -> Result<Catalog, String> {
+        apply_overrides(Catalog::builtin(), text)
+    }
+
+    #[test]
+    fn an_empty_file_keeps_the_builtin_catalog() {
+        assert_eq!(apply(""), Ok(Catalog::builtin()));
+    }
+
+    #[test]
+    fn remaps_a_public_id_to_another_upstream_model() {
+        // GIVEN Google retired gemini-1.5-flash upstream
+        let catalog =
+            apply("[models.gemini-1.5-flash]\nupstream = \"gemini-2.5-flash\"\n").expect("valid");
+        // THEN the public id stays, the upstream changes, the rest is kept
+        let model = catalog
+            .model(&ModelId::from("gemini-1.5-flash"))
+            .expect("model");
+        assert_eq!(model.upstream, "gemini-2.5-flash");
+        assert_eq!(model.input_price, NanoUsd(350));
+        assert_eq!(model.max_tokens, 8_192);
+        // AND the quoted spelling means the same
+        let quoted = apply("[models.\"gemini-1.5-flash\"]\nupstream = \"gemini-2.5-flash\"\n")
+            .expect("valid");
+        assert_eq!(quoted, catalog);
+    }
+
+    #[test]
+    fn overrides_plan_fields_and_adds_models_and_plans() {
+        let catalog = apply(
+            r#"
+            [plans.free]
+            requests_per_minute = 10
+            tokens_per_month = "unlimited"
+
+            [models.gpt-4o]
+            name = "GPT-4o"
+            provider = "openai"
+            max_tokens = 16384
+            input_usd_per_1k = 0.0025
+            output_usd_per_1k = 0.01
+
+            [plans.enterprise]
+            requests_per_minute = 1000
+            messages_per_month = "unlimited"
+            tokens_per_month = 1000000000
+            max_tokens_per_request = 16384
+            models = "all"
+            "#,
+        )
+        .expect("valid");
+        let free = catalog.plan(&PlanId::from("free")).expect("free");
+        assert_eq!(free.requests_per_minute, 10);
+        assert_eq!(free.tokens_per_month, None);
+        assert_eq!(free.messages_per_month, Some(50));
+        let gpt4o = catalog.model(&ModelId::from("gpt-4o")).expect("gpt-4o");
+        assert_eq!(gpt4o.upstream, "gpt-4o");
+        assert_eq!(gpt4o.output_price, NanoUsd(10_000));
+        assert!(catalog.plan(&PlanId::from("enterprise")).is_some());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = apply("[plans.free]\nrequests_per_minit = 10\n").expect_err("typo");
+        assert!(err.contains("requests_per_minit"), "{err}");
+        let err = apply("colour = \"blue\"\n").expect_err("typo");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn incomplete_new_entries_name_what_is_missing() {
+        let err = apply("[models.new-model]\nprovider = \"openai\"\n").expect_err("missing");
+        assert!(err.contains("max_tokens"), "{err}");
+        let err = apply("[plans.gold]\nrequests_per_minute = 1\n").expect_err("missing");
+        assert!(err.contains("messages_per_month"), "{err}");
+    }
+
+    #[test]
+    fn plans_cannot_name_unknown_models() {
+        let err = apply("[plans.free]\nmodels = [\"gpt-5\"]\n").expect_err("unknown");
+        assert!(err.contains("gpt-5"), "{err}");
+    }
+}

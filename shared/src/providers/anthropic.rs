@@ -1,0 +1,199 @@
+//! Anthropic Messages: <https://docs.anthropic.com/en/api/messages>.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderError, Speaker, Upstream, Usage,
+};
+use crate::catalog::ProviderKind;
+
+/// The API version the wire types below follow.
+const API_VERSION: &str = "2023-06-01";
+
+#[derive(Debug)]
+pub struct Anthropic {
+    upstream: Upstream,
+}
+
+impl Anthropic {
+    pub(crate) fn new(upstream: Upstream) -> Anthropic {
+        Anthropic { upstream }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RequestBody<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<&'a str>,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    stream: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseBody {
+    content: Vec<ContentBlock>,
+    stop_reason: Option<String>,
+    usage: WireUsage,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentBlock {
+    Text {
+        text: String,
+    },
+    /// Tool use, thinking and block types added later carry no text for us.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        // Cached prompt tokens are reported apart from `input_tokens`; they were still read.
+        Usage {
+            input_tokens: u.input_tokens
+                + u.cache_creation_input_tokens.unwrap_or(0)
+                + u.cache_read_input_tokens.unwrap_or(0),
+            output_tokens: u.output_tokens,
+        }
+    }
+}
+
+fn finish_reason(raw: Option<&str>) -> FinishReason {
+    match raw {
+        Some("end_turn") | Some("stop_sequence") | None => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        Some(other) => FinishReason::Other(other.to_ascii_lowercase()),
+    }
+}
+
+/// `{"type": "error", "error": {"type": "…", "message": "…"}}`
+fn error_message(body: &serde_json::Value) -> Option<String> {
+    body.pointer("/error/message")?.as_str().map(str::to_owned)
+}
+
+fn request_body(request: &ChatRequest) -> RequestBody<'_> {
+    RequestBody {
+        model: &request.upstream_model,
+        max_tokens: request.max_tokens,
+        system: request.system.as_deref(),
+        messages: request
+            .turns
+            .iter()
+            .map(|turn| WireMessage {
+                role: match turn.speaker {
+                    Speaker::User => "user",
+                    Speaker::Assistant => "assistant",
+                },
+                content: &turn.text,
+            })
+            .collect(),
+        // Anthropic's range is 0–1, the gateway's is OpenAI's 0–2: values above 1 are clamped so
+        // the common 0–1 settings mean the same everywhere.
+        temperature: request.temperature.map(|t| t.min(1.0)),
+        stream: false,
+    }
+}
+
+#[async_trait]
+impl ChatProvider for Anthropic {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Anthropic
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let up = &self.upstream;
+        let key = up.key()?;
+        let http = up
+            .http
+            .post(format!("{}/v1/messages", up.base_url))
+            .header("x-api-key", key.expose())
+            .header("anthropic-version", API_VERSION)
+            .json(&request_body(request));
+        let body: ResponseBody = up.send_json(http, error_message).await?;
+        let text = body
+            .content
+            .into_iter()
+            .filter_map(|block| match block {
+                ContentBlock::Text { text } => Some(text),
+                ContentBlock::Other => None,
+            })
+            .collect::<String>();
+        Ok(ChatResponse {
+            text,
+            finish_reason: finish_reason(body.stop_reason.as_deref()),
+            usage: body.usage.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Turn;
+
+    #[test]
+    fn system_prompt_is_top_level_and_temperature_clamped() {
+        let request = ChatRequest {
+            upstream_model: "claude-3-haiku-20240307".into(),
+            system: Some("Be brief.".into()),
+            turns: vec![Turn {
+                speaker: Speaker::User,
+                text: "Hi".into(),
+            }],
+            max_tokens: 100,
+            temperature: Some(1.5),
+        };
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "model": "claude-3-haiku-20240307",
+                "max_tokens": 100,
+                "system": "Be brief.",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "temperature": 1.0,
+                "stream": false
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_content_blocks_are_skipped() {
+        let body: ResponseBody = serde_json::from_value(serde_json::json!({
+            "content": [{"type": "thinking", "thinking": "…"}, {"type": "text", "text": "Hi"}],
+            "stop_reason": "max_tokens",
+            "usage": {"input_tokens": 3, "output_tokens": 1, "cache_read_input_tokens": 2}
+        }))
+        .expect("parses");
+        assert_eq!(body.content.len(), 2);
+        assert_eq!(Usage::from(body.usage).input_tokens, 5);
+        assert_eq!(
+            finish_reason(body.stop_reason.as_deref()),
+            FinishReason::Length
+        );
+    }
+}

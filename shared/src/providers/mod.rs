@@ -1,0 +1,264 @@
+//! Provider adapters: one trait, one adapter per upstream API, each owning its wire types and
+//! mapping them to the gateway's one internal request and response.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::catalog::ProviderKind;
+use crate::config::{Endpoint, ProviderSettings};
+use crate::secret::Secret;
+
+/// Who said a message. System prompts travel separately in [`ChatRequest::system`], because two of
+/// the three providers take them outside the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub speaker: Speaker,
+    pub text: String,
+}
+
+/// A chat request as the adapters receive it: validated, with the upstream model id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub upstream_model: String,
+    pub system: Option<String>,
+    pub turns: Vec<Turn>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+}
+
+/// Token counts as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// Why the answer ended, normalised across providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ContentFilter,
+    ToolCalls,
+    /// Anything else, in the provider's own words (lower-cased).
+    Other(String),
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::Other(other) => other,
+        }
+    }
+}
+
+impl Serialize for FinishReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A complete answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatResponse {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// What went wrong talking to a provider. Messages are scrubbed of keys before they get here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderErrorKind {
+    #[error("is not configured: {0} is not set")]
+    NotConfigured(&'static str),
+    #[error("timed out")]
+    Timeout,
+    #[error("could not be reached: {0}")]
+    Unreachable(String),
+    #[error("returned HTTP {status}: {message}")]
+    Upstream { status: u16, message: String },
+    #[error("sent a response the gateway could not read: {0}")]
+    InvalidResponse(String),
+}
+
+/// A provider failure, naming the provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Provider {provider} {kind}")]
+pub struct ProviderError {
+    pub provider: ProviderKind,
+    pub kind: ProviderErrorKind,
+}
+
+impl ProviderError {
+    pub fn new(provider: ProviderKind, kind: ProviderErrorKind) -> ProviderError {
+        ProviderError { provider, kind }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ProviderErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// One upstream API.
+#[async_trait]
+pub trait ChatProvider: Send + Sync + fmt::Debug {
+    fn kind(&self) -> ProviderKind;
+    async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+}
+
+/// What every adapter holds: the shared HTTP client, where to call, and the key.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub kind: ProviderKind,
+    pub http: reqwest::Client,
+    pub base_url: String,
+    pub key: Option<Secret>,
+    pub timeout: std::time::Duration,
+}
+
+impl Upstream {
+    fn key(&self) -> Result<&Secret, ProviderError> {
+        self.key.as_ref().ok_or_else(|| {
+            self.error(ProviderErrorKind::NotConfigured(match self.kind {
+                ProviderKind::OpenAi => "OPENAI_API_KEY",
+                ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+                ProviderKind::Google => "GEMINI_API_KEY",
+            }))
+        })
+    }
+
+    fn error(&self, kind: ProviderErrorKind) -> ProviderError {
+        ProviderError::new(self.kind, kind)
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        match &self.key {
+            Some(key) => key.scrub(text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Maps a transport error, without the URL (it may carry a query string).
+    fn transport_error(&self, err: reqwest::Error) -> ProviderError {
+        if err.is_timeout() {
+            return self.error(ProviderErrorKind::Timeout);
+        }
+        let err = err.without_url();
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(inner) = source {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        self.error(ProviderErrorKind::Unreachable(self.scrub(&text)))
+    }
+
+    /// Sends a JSON request and returns the successful body, or the upstream error with the
+    /// provider's message (found by `message_of`) scrubbed of the key.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        message_of: fn(&serde_json::Value) -> Option<String>,
+    ) -> Result<T, ProviderError> {
+        let response = request
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| message_of(&v))
+                .unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(&body);
+                    text.chars().take(200).collect()
+                });
+            return Err(self.error(ProviderErrorKind::Upstream {
+                status: status.as_u16(),
+                message: self.scrub(&message),
+            }));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| self.error(ProviderErrorKind::InvalidResponse(e.to_string())))
+    }
+}
+
+/// Every provider adapter, built once at cold start around one HTTP client.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    openai: Arc<dyn ChatProvider>,
+    anthropic: Arc<dyn ChatProvider>,
+    google: Arc<dyn ChatProvider>,
+}
+
+impl Providers {
+    pub fn new(settings: &ProviderSettings) -> Result<Providers, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("ai-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let upstream = |kind: ProviderKind, endpoint: &Endpoint| Upstream {
+            kind,
+            http: http.clone(),
+            base_url: endpoint.base_url.clone(),
+            key: endpoint.api_key.clone(),
+            timeout: settings.request_timeout,
+        };
+        Ok(Providers {
+            openai: Arc::new(openai::OpenAi::new(upstream(
+                ProviderKind::OpenAi,
+                &settings.openai,
+            ))),
+            anthropic: Arc::new(anthropic::Anthropic::new(upstream(
+                ProviderKind::Anthropic,
+                &settings.anthropic,
+            ))),
+            google: Arc::new(gemini::Gemini::new(upstream(
+                ProviderKind::Google,
+                &settings.google,
+            ))),
+        })
+    }
+
+    pub fn get(&self, kind: ProviderKind) -> &dyn ChatProvider {
+        match kind {
+            ProviderKind::OpenAi => self.openai.as_ref(),
+            ProviderKind::Anthropic => self.anthropic.as_ref(),
+            ProviderKind::Google => self.google.as_ref(),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! What a function builds once at cold start and every request shares.
+
+use std::sync::Arc;
+
+use crate::auth::TokenIssuer;
+use crate::catalog::Catalog;
+use crate::config::{ConfigError, Settings};
+use crate::providers::Providers;
+use crate::store::dynamo::DynamoStore;
+use crate::store::Stores;
+
+/// The shared state of one process: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub catalog: Arc<Catalog>,
+    pub tokens: TokenIssuer,
+    pub stores: Stores,
+    pub providers: Providers,
+}
+
+/// Why a function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("building the HTTP client failed: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, stores: Stores) -> Result<AppState, StartupError> {
+        Ok(AppState {
+            catalog: Arc::new(settings.catalog.clone()),
+            tokens: TokenIssuer::new(&settings.jwt_secret, settings.token_ttl)?,
+            stores,
+            providers: Providers::new(&settings.providers)?,
+        })
+    }
+
+    /// A Lambda function's state: settings from the environment, the DynamoDB store.
+    pub async fn from_env() -> Result<AppState, StartupError> {
+        let settings = Settings::from_env()?;
+        let store = DynamoStore::from_env(settings.require_table()?).await;
+        AppState::new(&settings, Stores::from(Arc::new(store)))
+    }
+}
