@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
     Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
@@ -321,36 +322,37 @@ impl OrgStore for DynamoStore {
             ("org_id".to_owned(), s(org.id.as_str())),
             ("role".to_owned(), s(Role::Owner.as_str())),
         ]);
-        // The slug item goes first so a cancellation reason at index 0 means "slug taken".
-        let result = self
+        let request = self
             .client
             .transact_write_items()
             .transact_items(put(slug)?)
             .transact_items(put(org_item(org))?)
             .transact_items(put(member)?)
-            .transact_items(put(listing)?)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let slug_taken = err
-                    .as_service_error()
-                    .and_then(|e| match e {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => {
-                            Some(c.cancellation_reasons().iter().any(|r| {
-                                r.code() == Some("ConditionalCheckFailed")
-                            }))
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or(false);
-                if slug_taken {
-                    Err(StoreError::Conflict("slug"))
-                } else {
-                    Err(unavailable(err))
-                }
+            .transact_items(put(listing)?);
+        // A transaction that collides with another one in flight on the same slug is cancelled with
+        // `TransactionConflict`; retried, it sees the winner's slug and reports the conflict.
+        let mut attempt = 0u32;
+        loop {
+            let Err(err) = request.clone().send().await else {
+                return Ok(());
+            };
+            let reasons: Vec<String> = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => c
+                    .cancellation_reasons()
+                    .iter()
+                    .filter_map(|r| r.code().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if reasons.iter().any(|r| r == "ConditionalCheckFailed") {
+                return Err(StoreError::Conflict("slug"));
             }
+            attempt += 1;
+            if reasons.iter().any(|r| r == "TransactionConflict") && attempt < 5 {
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                continue;
+            }
+            return Err(unavailable(err));
         }
     }
 

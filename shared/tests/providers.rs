@@ -1,0 +1,243 @@
+//! The provider contract: every adapter passes the same cases against a server speaking its
+//! provider's real wire format (the simulator), plus failure cases from hand-made upstreams.
+
+use std::time::Duration;
+
+use gateway::catalog::ProviderKind;
+use gateway::config::{Endpoint, ProviderSettings};
+use gateway::providers::{
+    ChatRequest, FinishReason, ProviderError, ProviderErrorKind, Providers, Speaker, Turn,
+};
+use gateway::secret::Secret;
+
+const KEY: &str = "sk-test-very-secret-key-0123456789";
+
+fn settings(base_url: &str, timeout: Duration) -> ProviderSettings {
+    let endpoint = || Endpoint {
+        base_url: base_url.to_owned(),
+        api_key: Some(Secret::new(KEY)),
+    };
+    ProviderSettings {
+        openai: endpoint(),
+        anthropic: endpoint(),
+        google: endpoint(),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: timeout,
+    }
+}
+
+async fn simulator() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator::SimulatorConfig::default(),
+    ));
+    url
+}
+
+async fn providers(timeout: Duration) -> Providers {
+    Providers::new(&settings(&simulator().await, timeout)).expect("client")
+}
+
+fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        upstream_model: model.to_owned(),
+        system: Some("You are terse.".to_owned()),
+        turns: vec![
+            Turn {
+                speaker: Speaker::User,
+                text: "Hi".to_owned(),
+            },
+            Turn {
+                speaker: Speaker::Assistant,
+                text: "Hello.".to_owned(),
+            },
+            Turn {
+                speaker: Speaker::User,
+                text: prompt.to_owned(),
+            },
+        ],
+        max_tokens,
+        temperature: Some(0.7),
+    }
+}
+
+fn model_of(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAi => "gpt-4o-mini",
+        ProviderKind::Anthropic => "claude-3-haiku-20240307",
+        ProviderKind::Google => "gemini-2.5-flash",
+    }
+}
+
+async fn answers_with_text_and_usage(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    // WHEN asked to echo a multi-line, multi-byte prompt
+    let prompt = "[sim:echo]line one\n  من  ünïcödé";
+    let answer = providers
+        .get(kind)
+        .complete(&request(model_of(kind), prompt, 200))
+        .await
+        .expect("answer");
+    // THEN the text arrives intact with the provider's usage
+    assert_eq!(answer.text, "line one\n  من  ünïcödé");
+    assert_eq!(answer.finish_reason, FinishReason::Stop);
+    assert!(answer.usage.input_tokens > 0);
+    assert!(answer.usage.output_tokens > 0);
+}
+
+async fn max_tokens_ends_with_length(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let answer = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "[sim:tokens=50] tell me more", 5))
+        .await
+        .expect("answer");
+    assert_eq!(answer.finish_reason, FinishReason::Length);
+    assert_eq!(answer.usage.output_tokens, 5);
+}
+
+async fn upstream_errors_are_502_naming_the_provider(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    for status in [400, 401, 429, 500, 503] {
+        let err = providers
+            .get(kind)
+            .complete(&request(
+                model_of(kind),
+                &format!("[sim:status={status}] hi"),
+                50,
+            ))
+            .await
+            .expect_err("upstream error");
+        assert_eq!(err.provider, kind);
+        assert_eq!(err.status().as_u16(), 502, "{err}");
+        assert!(
+            matches!(err.kind, ProviderErrorKind::Upstream { status: s, .. } if s == status),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("Provider {kind} ")), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+    }
+}
+
+async fn cut_connections_are_502(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let err = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "[sim:cut=0] hi", 50))
+        .await
+        .expect_err("cut");
+    assert_eq!(err.status().as_u16(), 502, "{err}");
+}
+
+async fn slow_upstreams_time_out_as_504(kind: ProviderKind) {
+    let providers = providers(Duration::from_millis(300)).await;
+    let err = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "[sim:latency_ms=3000] hi", 50))
+        .await
+        .expect_err("timeout");
+    assert_eq!(err.kind, ProviderErrorKind::Timeout);
+    assert_eq!(err.status().as_u16(), 504);
+}
+
+async fn unreachable_upstreams_are_502(kind: ProviderKind) {
+    // A port that was just free: nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let providers = Providers::new(&settings(&url, Duration::from_secs(2))).expect("client");
+    let err: ProviderError = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "hi", 50))
+        .await
+        .expect_err("unreachable");
+    assert!(
+        matches!(err.kind, ProviderErrorKind::Unreachable(_)),
+        "{err:?}"
+    );
+    assert_eq!(err.status().as_u16(), 502);
+}
+
+/// An upstream that answers 401 quoting the key it was sent, as OpenAI's error messages do.
+async fn key_echoing_upstream() -> String {
+    use axum::http::HeaderMap;
+    async fn reject(headers: HeaderMap) -> (axum::http::StatusCode, String) {
+        let sent = ["authorization", "x-api-key", "x-goog-api-key"]
+            .iter()
+            .find_map(|h| headers.get(*h))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let body = serde_json::json!({
+            "error": {"message": format!("Incorrect API key provided: {sent}."), "type": "invalid_request_error"}
+        });
+        (axum::http::StatusCode::UNAUTHORIZED, body.to_string())
+    }
+    let app = axum::Router::new().fallback(reject);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn keys_never_reach_error_messages(kind: ProviderKind) {
+    let providers = Providers::new(&settings(
+        &key_echoing_upstream().await,
+        Duration::from_secs(2),
+    ))
+    .expect("client");
+    let err = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "hi", 50))
+        .await
+        .expect_err("rejected");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(KEY), "{text}");
+    assert!(text.contains("Incorrect API key provided: ***"), "{text}");
+}
+
+async fn missing_keys_are_reported_by_name(kind: ProviderKind) {
+    let mut settings = settings("http://127.0.0.1:9", Duration::from_secs(1));
+    settings.endpoint_mut(kind).api_key = None;
+    let providers = Providers::new(&settings).expect("client");
+    let err = providers
+        .get(kind)
+        .complete(&request(model_of(kind), "hi", 50))
+        .await
+        .expect_err("not configured");
+    assert!(matches!(err.kind, ProviderErrorKind::NotConfigured(_)));
+    assert!(err.to_string().contains("_API_KEY"), "{err}");
+}
+
+macro_rules! provider_contract {
+    ($($case:ident),* $(,)?) => {
+        mod openai {
+            $( #[tokio::test] async fn $case() { super::$case(gateway::catalog::ProviderKind::OpenAi).await; } )*
+        }
+        mod anthropic {
+            $( #[tokio::test] async fn $case() { super::$case(gateway::catalog::ProviderKind::Anthropic).await; } )*
+        }
+        mod google {
+            $( #[tokio::test] async fn $case() { super::$case(gateway::catalog::ProviderKind::Google).await; } )*
+        }
+    };
+}
+
+provider_contract!(
+    answers_with_text_and_usage,
+    max_tokens_ends_with_length,
+    upstream_errors_are_502_naming_the_provider,
+    cut_connections_are_502,
+    slow_upstreams_time_out_as_504,
+    unreachable_upstreams_are_502,
+    keys_never_reach_error_messages,
+    missing_keys_are_reported_by_name,
+);
