@@ -57,13 +57,17 @@ pub async fn build(options: &Options) -> anyhow::Result<Router> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     ));
-    let mut settings = Settings::from_env_or(Some(fallback_secret))?;
+    let settings = Settings::from_env_or(Some(fallback_secret))?;
     if gateway::config::env("JWT_SECRET").is_none() {
         tracing::warn!(
             "JWT_SECRET is not set: using a random secret; tokens end with this process"
         );
     }
+    build_with(settings, options).await
+}
 
+/// As [`build`], with the settings given rather than read from the environment.
+pub async fn build_with(mut settings: Settings, options: &Options) -> anyhow::Result<Router> {
     let missing: Vec<ProviderKind> = ProviderKind::ALL
         .into_iter()
         .filter(|kind| settings.providers.endpoint(*kind).api_key.is_none())
