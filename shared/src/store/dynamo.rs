@@ -1,5 +1,5 @@
 //! The DynamoDB store: one table, single-table design. Every item has a string partition key `pk`
-//! and sort key `sk`; the layout is documented in `docs/dynamodb.md`.
+//! and sort key `sk`; README.md ("DynamoDB table") says why each access is shaped so.
 //!
 //! | item | pk | sk |
 //! |---|---|---|
