@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, Model, Plan};
 use crate::error::{GatewayError, PlanError, RequestError};
 use crate::ids::ModelId;
-use crate::providers::{ChatRequest, FinishReason, Providers, Speaker, Turn, Usage};
+use crate::providers::{
+    ChatRequest, ChatResponse, FinishReason, ProviderError, Providers, Speaker, Turn, Usage,
+};
 
 /// The body of `POST /api/v1/ai/chat`, as sent. Fields are loosely typed here and checked in
 /// [`prepare`], so every mistake gets a message naming the field.
@@ -166,28 +168,43 @@ impl From<Usage> for UsageBody {
     }
 }
 
-/// Calls the model's provider and shapes the answer.
+impl ChatAnswer {
+    pub fn from_parts(response: ChatResponse, chat: &PreparedChat) -> ChatAnswer {
+        ChatAnswer {
+            message: response.text,
+            model: chat.model.id.to_string(),
+            usage: response.usage.into(),
+            finish_reason: response.finish_reason,
+        }
+    }
+}
+
+/// Calls the model's provider.
 pub async fn answer(
     providers: &Providers,
     chat: &PreparedChat,
-) -> Result<ChatAnswer, GatewayError> {
+) -> Result<ChatResponse, ProviderError> {
     let provider = providers.get(chat.model.provider);
     let started = std::time::Instant::now();
-    let response = provider.complete(&chat.request).await?;
-    tracing::info!(
-        model = %chat.model.id,
-        provider = %chat.model.provider,
-        input_tokens = response.usage.input_tokens,
-        output_tokens = response.usage.output_tokens,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "chat answered"
-    );
-    Ok(ChatAnswer {
-        message: response.text,
-        model: chat.model.id.to_string(),
-        usage: response.usage.into(),
-        finish_reason: response.finish_reason,
-    })
+    let response = provider.complete(&chat.request).await;
+    match &response {
+        Ok(response) => tracing::info!(
+            model = %chat.model.id,
+            provider = %chat.model.provider,
+            input_tokens = response.usage.input_tokens,
+            output_tokens = response.usage.output_tokens,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "chat answered"
+        ),
+        Err(err) => tracing::warn!(
+            model = %chat.model.id,
+            provider = %chat.model.provider,
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = %err,
+            "provider failed"
+        ),
+    }
+    response
 }
 
 #[cfg(test)]

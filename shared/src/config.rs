@@ -34,6 +34,8 @@ pub struct Settings {
     pub jwt_secret: Secret,
     pub token_ttl: Duration,
     pub table_name: Option<String>,
+    /// How long `ai_requests` records are kept (DynamoDB TTL).
+    pub request_retention: Duration,
     pub providers: ProviderSettings,
     pub catalog: Catalog,
 }
@@ -131,6 +133,9 @@ impl Settings {
             jwt_secret: Secret::new(jwt_secret),
             token_ttl: env_secs("JWT_TTL_SECONDS", 24 * 3600)?,
             table_name: env("GATEWAY_TABLE"),
+            request_retention: env_secs("REQUEST_RETENTION_DAYS", 90)?
+                .checked_mul(86_400)
+                .unwrap_or(Duration::MAX),
             providers: ProviderSettings {
                 openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, "OPENAI_API_KEY"),
                 anthropic: endpoint(

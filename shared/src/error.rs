@@ -68,6 +68,15 @@ pub enum PlanError {
     UnknownPlan(String),
 }
 
+/// A limit of the organisation's plan is used up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("Rate limit exceeded. Max {limit} requests per minute.")]
+    RateLimited { limit: u64, reset_secs: u64 },
+    #[error("Monthly limit exceeded. Upgrade your plan to continue.")]
+    MonthlyExceeded,
+}
+
 /// Every error a request can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -77,6 +86,8 @@ pub enum GatewayError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -115,6 +126,8 @@ impl GatewayError {
                 }
                 PlanError::UnknownPlan(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            GatewayError::Limit(LimitError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Limit(LimitError::MonthlyExceeded) => StatusCode::PAYMENT_REQUIRED,
             GatewayError::Provider(e) => e.status(),
             GatewayError::Store(e) => e.status(),
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

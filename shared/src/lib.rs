@@ -6,15 +6,18 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod money;
 pub mod providers;
 pub mod secret;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 pub use error::GatewayError;
 pub use state::AppState;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::TokenIssuer;
 use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::providers::Providers;
 use crate::store::dynamo::DynamoStore;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub tokens: TokenIssuer,
     pub stores: Stores,
     pub providers: Providers,
+    pub clock: Arc<dyn Clock>,
+    pub request_retention: std::time::Duration,
 }
 
 /// Why a function could not start.
@@ -34,7 +37,15 @@ impl AppState {
             tokens: TokenIssuer::new(&settings.jwt_secret, settings.token_ttl)?,
             stores,
             providers: Providers::new(&settings.providers)?,
+            clock: Arc::new(SystemClock),
+            request_retention: settings.request_retention,
         })
+    }
+
+    /// The same state on another clock: for tests at month and minute boundaries.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> AppState {
+        self.clock = clock;
+        self
     }
 
     /// A Lambda function's state: settings from the environment, the DynamoDB store.

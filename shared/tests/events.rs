@@ -30,6 +30,7 @@ async fn state() -> AppState {
         jwt_secret: Secret::new("events-secret-events-secret-events"),
         token_ttl: Duration::from_secs(600),
         table_name: None,
+        request_retention: Duration::from_secs(86_400),
         providers: ProviderSettings {
             openai: endpoint(),
             anthropic: endpoint(),

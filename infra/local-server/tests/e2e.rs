@@ -23,6 +23,7 @@ fn settings(request_timeout: Duration) -> Settings {
         jwt_secret: Secret::new(SECRET),
         token_ttl: Duration::from_secs(600),
         table_name: None,
+        request_retention: Duration::from_secs(86_400),
         providers: ProviderSettings {
             openai: endpoint("http://unused"),
             anthropic: endpoint("http://unused"),

@@ -103,3 +103,19 @@ pub async fn current_org(
         OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
     }
 }
+
+/// A query-string parameter, from API Gateway's parsed parameters in Lambda or from the URI.
+pub fn query_param(request: &Request, name: &str) -> Option<String> {
+    use lambda_http::RequestExt;
+    if let Some(value) = request
+        .query_string_parameters_ref()
+        .and_then(|q| q.first(name))
+    {
+        return Some(value.to_owned());
+    }
+    let query = request.uri().query()?;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| (k == name).then_some(v))
+}

@@ -9,11 +9,15 @@ use lambda_http::Request;
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
+use crate::catalog::Plan;
 use crate::chat::{self, ChatBody};
+use crate::clock;
 use crate::error::{AuthError, GatewayError, PlanError, RequestError};
 use crate::ids::{OrgId, UserId};
+use crate::limits;
 use crate::state::AppState;
 use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
+use crate::usage;
 use extract::{caller, current_org, form_body, json_body};
 use respond::{finish, json, HttpResponse};
 
@@ -273,13 +277,71 @@ async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse,
         )
         .into());
     }
-    let plan = state
+    let plan = plan_of(state, &membership)?;
+    let mut prepared = chat::prepare(&state.catalog, plan, body)?;
+    let org = &membership.org.id;
+    let meter = state.stores.meter.as_ref();
+    let ticket = limits::admit(meter, state.clock.now(), org, plan, &prepared).await?;
+    prepared.request.max_tokens = ticket.max_tokens;
+
+    let started = std::time::Instant::now();
+    let result = chat::answer(&state.providers, &prepared).await;
+    let settlement = usage::settlement(
+        &ticket,
+        org,
+        &caller.user_id,
+        &prepared.model,
+        match &result {
+            Ok(answer) => Ok(answer.usage),
+            Err(err) => Err(err),
+        },
+        started.elapsed(),
+        state.clock.now(),
+        state.request_retention,
+    );
+    usage::settle(meter, &settlement).await;
+
+    let mut response = match result {
+        Ok(answer) => json(
+            StatusCode::OK,
+            &chat::ChatAnswer::from_parts(answer, &prepared),
+        ),
+        Err(err) => respond::error(err.into()),
+    };
+    respond::rate_headers(&mut response, ticket.rate);
+    Ok(response)
+}
+
+fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {
+    state
         .catalog
         .plan(&membership.org.plan)
-        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()))?;
-    let prepared = chat::prepare(&state.catalog, plan, body)?;
-    let answer = chat::answer(&state.providers, &prepared).await?;
-    Ok(json(StatusCode::OK, &answer))
+        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()).into())
+}
+
+/// `GET /api/v1/ai/usage[?month=YYYY-MM]` → the org's usage in the month (this month by default).
+pub async fn usage(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(usage_inner(state, &request).await))
+}
+
+async fn usage_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let plan = plan_of(state, &membership)?;
+    let month = match extract::query_param(request, "month") {
+        None => clock::month_of(state.clock.now()),
+        Some(raw) => usage::parse_month(&raw).ok_or_else(|| {
+            RequestError::InvalidField(format!("month: expected YYYY-MM, got {raw:?}"))
+        })?,
+    };
+    let report = usage::report(
+        state.stores.meter.as_ref(),
+        &membership.org.id,
+        plan,
+        &month,
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &report))
 }
 
 #[derive(Debug, Serialize)]
@@ -304,10 +366,7 @@ pub async fn models(state: &AppState, request: Request) -> HandlerResult {
 async fn models_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
     let membership = current_org(state, request, &caller).await?;
-    let plan = state
-        .catalog
-        .plan(&membership.org.plan)
-        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()))?;
+    let plan = plan_of(state, &membership)?;
     let models = state
         .catalog
         .models_in(plan)
@@ -336,6 +395,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/orgs"),
     ("POST", "/api/v1/ai/chat"),
     ("GET", "/api/v1/ai/models"),
+    ("GET", "/api/v1/ai/usage"),
 ];
 
 /// Routes a request to its handler, as API Gateway does in AWS: for the local server and tests.
@@ -349,6 +409,7 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
         ("GET", "/api/v1/orgs") => list_orgs(state, request).await,
         ("POST", "/api/v1/ai/chat") => chat(state, request).await,
         ("GET", "/api/v1/ai/models") => models(state, request).await,
+        ("GET", "/api/v1/ai/usage") => usage(state, request).await,
         _ => {
             let known_path = ROUTES.iter().any(|(_, p)| *p == path);
             let error = if known_path && method != Method::OPTIONS {

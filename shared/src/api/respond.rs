@@ -5,7 +5,8 @@ use http::StatusCode;
 use lambda_http::{Body, Response};
 use serde::Serialize;
 
-use crate::error::{AuthError, GatewayError};
+use crate::error::{AuthError, GatewayError, LimitError};
+use crate::limits::RateStatus;
 
 pub type HttpResponse = Response<Body>;
 
@@ -64,7 +65,36 @@ pub fn error(err: GatewayError) -> HttpResponse {
             .headers_mut()
             .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     }
+    if let GatewayError::Limit(LimitError::RateLimited { limit, reset_secs }) = err {
+        rate_headers(
+            &mut response,
+            RateStatus {
+                limit,
+                remaining: 0,
+                reset_secs,
+            },
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(reset_secs),
+        );
+    }
     response
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the window
+/// resets).
+pub fn rate_headers(response: &mut HttpResponse, rate: RateStatus) {
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", http::HeaderValue::from(rate.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        http::HeaderValue::from(rate.remaining),
+    );
+    headers.insert(
+        "x-ratelimit-reset",
+        http::HeaderValue::from(rate.reset_secs),
+    );
 }
 
 /// Collapses a handler's result into a response.

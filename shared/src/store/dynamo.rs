@@ -8,6 +8,10 @@
 //! | slug reservation | `SLUG#<slug>` | `SLUG` |
 //! | member of an org | `ORG#<org id>` | `MEMBER#<user id>` |
 //! | an org of a user | `USER_ORGS#<user id>` | `<joined at>#<org id>` |
+//! | rate window | `RATE#<org id>#<epoch minute>` | `RATE` |
+//! | month counter | `MONTH#<org id>#<YYYY-MM>` | `MONTH` |
+//! | request record (`ai_requests`) | `REQ#<org id>#<YYYY-MM>` | `<request id>` (time-ordered) |
+//! | daily aggregate (`ai_usage`) | `DAILY#<org id>#<YYYY-MM>` | `<YYYY-MM-DD>#<model>` |
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,11 +21,16 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{Membership, OrgAccess, OrgRecord, OrgStore, Role, StoreError, UserRecord, UserStore};
+use super::{
+    Admission, AdmitOutcome, DailyUsage, Hold, Membership, MeterStore, MonthCounter, OrgAccess,
+    OrgRecord, OrgStore, Outcome, RequestRecord, Role, Settlement, StoreError, UserRecord,
+    UserStore,
+};
 use crate::ids::{OrgId, PlanId, UserId};
 
 /// The attribute DynamoDB's TTL deletes items by (epoch seconds).
@@ -441,5 +450,451 @@ impl OrgStore for DynamoStore {
                     unavailable(err)
                 }
             })
+    }
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn get_u64(item: &Item, name: &str) -> Result<u64, StoreError> {
+    match item.get(name) {
+        None => Ok(0),
+        Some(AttributeValue::N(v)) => v
+            .parse::<i64>()
+            .map(|v| v.max(0) as u64)
+            .map_err(|_| StoreError::Corrupt(format!("{name} is not an integer: {v}"))),
+        Some(_) => Err(StoreError::Corrupt(format!("{name} is not a number"))),
+    }
+}
+
+const HOLD_PREFIX: &str = "hold_";
+
+impl TryFrom<&Item> for MonthCounter {
+    type Error = StoreError;
+    fn try_from(item: &Item) -> Result<Self, StoreError> {
+        let mut holds = Vec::new();
+        for (name, value) in item {
+            let Some(request_id) = name.strip_prefix(HOLD_PREFIX) else {
+                continue;
+            };
+            let AttributeValue::M(hold) = value else {
+                return Err(StoreError::Corrupt(format!("{name} is not a map")));
+            };
+            holds.push(Hold {
+                request_id: request_id.to_owned(),
+                tokens: get_u64(hold, "tokens")?,
+                expires_at: get_u64(hold, "expires_at")? as i64,
+            });
+        }
+        holds.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        Ok(MonthCounter {
+            messages: get_u64(item, "messages")?,
+            tokens: get_u64(item, "tokens")?,
+            committed: get_u64(item, "committed")?,
+            holds,
+        })
+    }
+}
+
+impl TryFrom<&Item> for RequestRecord {
+    type Error = StoreError;
+    fn try_from(item: &Item) -> Result<Self, StoreError> {
+        Ok(RequestRecord {
+            request_id: get_s(item, "request_id")?.to_owned(),
+            org: OrgId::from(get_s(item, "organization_id")?),
+            user: UserId::from(get_s(item, "user_id")?),
+            model: get_s(item, "model")?.to_owned(),
+            input_tokens: get_u64(item, "input_tokens")?,
+            output_tokens: get_u64(item, "output_tokens")?,
+            duration_ms: get_u64(item, "duration_ms")?,
+            outcome: match get_s(item, "status")? {
+                "success" => Outcome::Success,
+                "abandoned" => Outcome::Abandoned,
+                _ => Outcome::Failed,
+            },
+            error_message: get_s(item, "error_message").ok().map(str::to_owned),
+            cost: get_u64(item, "cost")?,
+            timestamp: get_s(item, "timestamp")?.to_owned(),
+            date: get_s(item, "date")?.to_owned(),
+            expires_at: get_u64(item, "expires_at")? as i64,
+        })
+    }
+}
+
+impl TryFrom<&Item> for DailyUsage {
+    type Error = StoreError;
+    fn try_from(item: &Item) -> Result<Self, StoreError> {
+        Ok(DailyUsage {
+            date: get_s(item, "date")?.to_owned(),
+            model: get_s(item, "model")?.to_owned(),
+            message_count: get_u64(item, "message_count")?,
+            input_tokens: get_u64(item, "input_tokens")?,
+            output_tokens: get_u64(item, "output_tokens")?,
+            total_tokens: get_u64(item, "total_tokens")?,
+            estimated_cost: get_u64(item, "estimated_cost")?,
+        })
+    }
+}
+
+fn record_item(record: &RequestRecord, month: &str) -> Item {
+    let mut item = key(
+        format!("REQ#{}#{month}", record.org),
+        record.request_id.as_str(),
+    );
+    item.extend([
+        ("request_id".to_owned(), s(record.request_id.as_str())),
+        ("organization_id".to_owned(), s(record.org.as_str())),
+        ("user_id".to_owned(), s(record.user.as_str())),
+        ("model".to_owned(), s(record.model.as_str())),
+        ("input_tokens".to_owned(), n(record.input_tokens)),
+        ("output_tokens".to_owned(), n(record.output_tokens)),
+        ("duration_ms".to_owned(), n(record.duration_ms)),
+        (
+            "status".to_owned(),
+            s(match record.outcome {
+                Outcome::Success => "success",
+                Outcome::Failed => "error",
+                Outcome::Abandoned => "abandoned",
+            }),
+        ),
+        ("cost".to_owned(), n(record.cost)),
+        ("timestamp".to_owned(), s(record.timestamp.as_str())),
+        ("date".to_owned(), s(record.date.as_str())),
+        (TTL_ATTRIBUTE.to_owned(), n(record.expires_at)),
+    ]);
+    if let Some(message) = &record.error_message {
+        item.insert("error_message".to_owned(), s(message.as_str()));
+    }
+    item
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(err: &E) -> bool {
+    err.code() == Some("ConditionalCheckFailedException")
+}
+
+/// Cancellation reasons of a cancelled transaction, one per item (`None` where the item was fine).
+fn cancellation_codes<R>(
+    err: &SdkError<TransactWriteItemsError, R>,
+) -> Option<Vec<Option<String>>> {
+    match err.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(c)) => Some(
+            c.cancellation_reasons()
+                .iter()
+                .map(|r| r.code().filter(|c| *c != "None").map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+impl DynamoStore {
+    async fn read_month(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("MONTH#{org}#{month}"), "MONTH")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item
+            .as_ref()
+            .map(MonthCounter::try_from)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn query_all(&self, pk: String) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk.as_str()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(unavailable)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Gives a rate slot back (the request was refused by its monthly limit).
+    async fn release_rate_slot(&self, a: &Admission) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{}#{}", a.org, a.minute), "RATE")))
+            .update_expression("ADD requests :minus_one")
+            .condition_expression("requests > :zero")
+            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|err| {
+                if err.as_service_error().is_some_and(is_condition_failure) {
+                    Ok(())
+                } else {
+                    Err(unavailable(err))
+                }
+            })
+    }
+}
+
+#[async_trait]
+impl MeterStore for DynamoStore {
+    async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
+        // The rate window first: one conditional ADD on the window's own item.
+        let rate = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{}#{}", a.org, a.minute), "RATE")))
+            .update_expression("ADD requests :one SET expires_at = :ttl")
+            .condition_expression("attribute_not_exists(requests) OR requests < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(a.rate_expires_at))
+            .expression_attribute_values(":limit", n(a.requests_per_minute))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let requests_in_window = match rate {
+            Ok(out) => get_u64(&out.attributes.unwrap_or_default(), "requests")?,
+            Err(err) => {
+                return match err.as_service_error() {
+                    Some(e) if e.is_conditional_check_failed_exception() => {
+                        let old = match e {
+                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item.clone().unwrap_or_default(),
+                            _ => Item::new(),
+                        };
+                        Ok(AdmitOutcome::RateLimited {
+                            requests_in_window: get_u64(&old, "requests")?,
+                        })
+                    }
+                    _ => Err(unavailable(err)),
+                };
+            }
+        };
+
+        // Then the month: one message and the hold, under both limits, in one conditional update.
+        // Conditions cannot add, so the item keeps `committed` = settled tokens + live holds.
+        if a.tokens_limit.is_some_and(|l| a.hold.tokens > l) {
+            self.release_rate_slot(a).await?;
+            return Ok(AdmitOutcome::MonthlyExceeded(
+                self.read_month(&a.org, &a.month).await?,
+            ));
+        }
+        let mut conditions = Vec::new();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("MONTH#{}#{}", a.org, a.month), "MONTH")))
+            .update_expression(
+                "ADD messages :one, committed :hold SET #hold = :hold_item, expires_at = :ttl",
+            )
+            .expression_attribute_names("#hold", format!("{HOLD_PREFIX}{}", a.hold.request_id))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":hold", n(a.hold.tokens))
+            .expression_attribute_values(
+                ":hold_item",
+                AttributeValue::M(HashMap::from([
+                    ("tokens".to_owned(), n(a.hold.tokens)),
+                    ("expires_at".to_owned(), n(a.hold.expires_at)),
+                ])),
+            )
+            .expression_attribute_values(":ttl", n(a.month_expires_at))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(limit) = a.messages_limit {
+            conditions.push("(attribute_not_exists(messages) OR messages < :messages_limit)");
+            request = request.expression_attribute_values(":messages_limit", n(limit));
+        }
+        if let Some(limit) = a.tokens_limit {
+            conditions.push("(attribute_not_exists(committed) OR committed <= :committed_max)");
+            request =
+                request.expression_attribute_values(":committed_max", n(limit - a.hold.tokens));
+        }
+        if !conditions.is_empty() {
+            request = request.condition_expression(conditions.join(" AND "));
+        }
+        match request.send().await {
+            Ok(_) => Ok(AdmitOutcome::Admitted { requests_in_window }),
+            Err(err) => {
+                let old = match err.as_service_error() {
+                    Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                        Some(c.item.clone().unwrap_or_default())
+                    }
+                    _ => None,
+                };
+                // Whatever happened to the month, the rate slot goes back: a refused request
+                // consumes no counter.
+                self.release_rate_slot(a).await?;
+                match old {
+                    Some(item) => Ok(AdmitOutcome::MonthlyExceeded(MonthCounter::try_from(
+                        &item,
+                    )?)),
+                    None => Err(unavailable(err)),
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, st: &Settlement) -> Result<(), StoreError> {
+        let record = &st.record;
+        let used = record.input_tokens + record.output_tokens;
+        let month_key = key(format!("MONTH#{}#{}", record.org, st.month), "MONTH");
+        let hold_name = format!("{HOLD_PREFIX}{}", record.request_id);
+        // With its hold present, the month update releases it; if the hold is gone (released as
+        // abandoned), the usage still counts.
+        let month_update = |with_hold: bool| -> Result<TransactWriteItem, StoreError> {
+            let mut adds = Vec::new();
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(month_key.clone()));
+            let committed_delta = match record.outcome {
+                Outcome::Success => used as i64 - if with_hold { st.hold_tokens as i64 } else { 0 },
+                _ => -(if with_hold { st.hold_tokens as i64 } else { 0 }),
+            };
+            adds.push("committed :delta");
+            update = update.expression_attribute_values(":delta", n(committed_delta));
+            match record.outcome {
+                Outcome::Success => {
+                    adds.push("tokens :used");
+                    update = update.expression_attribute_values(":used", n(used));
+                }
+                Outcome::Failed => {
+                    adds.push("messages :minus_one");
+                    update = update.expression_attribute_values(":minus_one", n(-1));
+                }
+                Outcome::Abandoned => {}
+            }
+            let mut expression = format!("ADD {}", adds.join(", "));
+            if with_hold {
+                expression.push_str(" REMOVE #hold");
+                update = update
+                    .expression_attribute_names("#hold", hold_name.as_str())
+                    .condition_expression("attribute_exists(#hold)");
+            }
+            Ok(TransactWriteItem::builder()
+                .update(
+                    update
+                        .update_expression(expression)
+                        .build()
+                        .map_err(build_error)?,
+                )
+                .build())
+        };
+        let record_put = TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(record_item(record, &st.month)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .build();
+        let daily = if record.outcome == Outcome::Success {
+            Some(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(
+                                format!("DAILY#{}#{}", record.org, st.month),
+                                format!("{}#{}", record.date, record.model),
+                            )))
+                            .update_expression(
+                                "SET #date = :date, model = :model, organization_id = :org \
+                                 ADD message_count :one, input_tokens :in, output_tokens :out, \
+                                 total_tokens :total, estimated_cost :cost",
+                            )
+                            .expression_attribute_names("#date", "date")
+                            .expression_attribute_values(":date", s(record.date.as_str()))
+                            .expression_attribute_values(":model", s(record.model.as_str()))
+                            .expression_attribute_values(":org", s(record.org.as_str()))
+                            .expression_attribute_values(":one", n(1))
+                            .expression_attribute_values(":in", n(record.input_tokens))
+                            .expression_attribute_values(":out", n(record.output_tokens))
+                            .expression_attribute_values(":total", n(used))
+                            .expression_attribute_values(":cost", n(record.cost))
+                            .build()
+                            .map_err(build_error)?,
+                    )
+                    .build(),
+            )
+        } else {
+            None
+        };
+
+        let mut with_hold = true;
+        let mut attempt = 0u32;
+        loop {
+            let mut request = self
+                .client
+                .transact_write_items()
+                .transact_items(month_update(with_hold)?)
+                .transact_items(record_put.clone());
+            if let Some(daily) = &daily {
+                request = request.transact_items(daily.clone());
+            }
+            let Err(err) = request.send().await else {
+                return Ok(());
+            };
+            let codes = cancellation_codes(&err).unwrap_or_default();
+            let failed = |i: usize| {
+                codes.get(i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed")
+            };
+            if failed(1) {
+                // The record exists: this request was settled before. Nothing more to do.
+                return Ok(());
+            }
+            attempt += 1;
+            if failed(0) && with_hold {
+                with_hold = false;
+                continue;
+            }
+            if codes
+                .iter()
+                .any(|c| c.as_deref() == Some("TransactionConflict"))
+                && attempt < 8
+            {
+                tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await;
+                continue;
+            }
+            return Err(unavailable(err));
+        }
+    }
+
+    async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
+        self.read_month(org, month).await
+    }
+
+    async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError> {
+        self.query_all(format!("DAILY#{org}#{month}"))
+            .await?
+            .iter()
+            .map(DailyUsage::try_from)
+            .collect()
+    }
+
+    async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError> {
+        self.query_all(format!("REQ#{org}#{month}"))
+            .await?
+            .iter()
+            .map(RequestRecord::try_from)
+            .collect()
     }
 }

@@ -1,12 +1,16 @@
 //! The embedded store: DynamoDB's semantics (atomic conditional writes) in process memory, for the
 //! local server and tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Membership, OrgAccess, OrgRecord, OrgStore, Role, StoreError, UserRecord, UserStore};
+use super::{
+    Admission, AdmitOutcome, DailyUsage, Membership, MeterStore, MonthCounter, OrgAccess,
+    OrgRecord, OrgStore, Outcome, RequestRecord, Role, Settlement, StoreError, UserRecord,
+    UserStore,
+};
 use crate::ids::{OrgId, PlanId, UserId};
 
 #[derive(Default)]
@@ -16,6 +20,12 @@ struct Inner {
     slugs: HashMap<String, OrgId>,
     /// user → (joined_at, org) → role; ordered so listings are oldest first.
     memberships: HashMap<UserId, BTreeMap<(String, OrgId), Role>>,
+    rate_windows: HashMap<(OrgId, i64), u64>,
+    months: HashMap<(OrgId, String), MonthCounter>,
+    /// (org, month) → request id → record; request ids are time-ordered.
+    requests: HashMap<(OrgId, String), BTreeMap<String, RequestRecord>>,
+    daily: HashMap<(OrgId, String), BTreeMap<(String, String), DailyUsage>>,
+    settled: HashSet<String>,
 }
 
 /// One lock over everything: each operation is one critical section, like one DynamoDB
@@ -115,5 +125,108 @@ impl OrgStore for MemoryStore {
             .ok_or(StoreError::NotFound("organization"))?;
         record.plan = plan.clone();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl MeterStore for MemoryStore {
+    async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
+        let mut inner = self.lock();
+        let window = (a.org.clone(), a.minute);
+        let in_window = inner.rate_windows.get(&window).copied().unwrap_or(0);
+        if in_window >= a.requests_per_minute {
+            return Ok(AdmitOutcome::RateLimited {
+                requests_in_window: in_window,
+            });
+        }
+        let key = (a.org.clone(), a.month.clone());
+        let counter = inner.months.get(&key).cloned().unwrap_or_default();
+        let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
+        let tokens_full = a
+            .tokens_limit
+            .is_some_and(|l| counter.committed + a.hold.tokens > l);
+        if messages_full || tokens_full {
+            return Ok(AdmitOutcome::MonthlyExceeded(counter));
+        }
+        inner.rate_windows.insert(window, in_window + 1);
+        let counter = inner.months.entry(key).or_default();
+        counter.messages += 1;
+        counter.committed += a.hold.tokens;
+        counter.holds.push(a.hold.clone());
+        Ok(AdmitOutcome::Admitted {
+            requests_in_window: in_window + 1,
+        })
+    }
+
+    async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let record = &s.record;
+        if !inner.settled.insert(record.request_id.clone()) {
+            return Ok(());
+        }
+        let key = (record.org.clone(), s.month.clone());
+        let counter = inner.months.entry(key.clone()).or_default();
+        let before = counter.holds.len();
+        counter.holds.retain(|h| h.request_id != record.request_id);
+        if counter.holds.len() < before {
+            counter.committed = counter.committed.saturating_sub(s.hold_tokens);
+        }
+        let used = record.input_tokens + record.output_tokens;
+        match record.outcome {
+            Outcome::Success => {
+                counter.tokens += used;
+                counter.committed += used;
+                let day = inner
+                    .daily
+                    .entry(key.clone())
+                    .or_default()
+                    .entry((record.date.clone(), record.model.clone()))
+                    .or_insert_with(|| DailyUsage {
+                        date: record.date.clone(),
+                        model: record.model.clone(),
+                        ..DailyUsage::default()
+                    });
+                day.message_count += 1;
+                day.input_tokens += record.input_tokens;
+                day.output_tokens += record.output_tokens;
+                day.total_tokens += used;
+                day.estimated_cost += record.cost;
+            }
+            Outcome::Failed => counter.messages = counter.messages.saturating_sub(1),
+            Outcome::Abandoned => {}
+        }
+        inner
+            .requests
+            .entry(key)
+            .or_default()
+            .insert(record.request_id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
+        Ok(self
+            .lock()
+            .months
+            .get(&(org.clone(), month.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError> {
+        Ok(self
+            .lock()
+            .daily
+            .get(&(org.clone(), month.to_owned()))
+            .map(|days| days.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .requests
+            .get(&(org.clone(), month.to_owned()))
+            .map(|records| records.values().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -135,22 +135,146 @@ pub trait OrgStore: Send + Sync {
     async fn set_plan(&self, org: &OrgId, plan: &PlanId) -> Result<(), StoreError>;
 }
 
+/// One request's claim on the month's tokens while it runs, released when it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub request_id: String,
+    pub tokens: u64,
+    /// Epoch seconds after which nobody will settle it: its request died.
+    pub expires_at: i64,
+}
+
+/// An org's counters for one calendar month.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthCounter {
+    /// Admitted requests, less those refunded because the provider failed.
+    pub messages: u64,
+    /// Tokens used by settled requests.
+    pub tokens: u64,
+    /// `tokens` plus every live hold: what the token limit is checked against.
+    pub committed: u64,
+    pub holds: Vec<Hold>,
+}
+
+/// One request asking to be let in: a slot in the org's minute window, a message and a token hold
+/// in its month. Applied all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub org: OrgId,
+    pub request_id: String,
+    /// Epoch minute of the rate window (in the key, so TTL lag never matters).
+    pub minute: i64,
+    pub requests_per_minute: u64,
+    /// `YYYY-MM`, UTC.
+    pub month: String,
+    pub messages_limit: Option<u64>,
+    pub tokens_limit: Option<u64>,
+    pub hold: Hold,
+    /// Epoch seconds at which DynamoDB may delete the rate window and the month counter.
+    pub rate_expires_at: i64,
+    pub month_expires_at: i64,
+}
+
+/// What the store decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// Let in; the window now holds this many requests.
+    Admitted { requests_in_window: u64 },
+    /// The minute window is full; nothing was written.
+    RateLimited { requests_in_window: u64 },
+    /// The month's messages or tokens would be exceeded; nothing was written. The counter as it
+    /// stood lets the caller clamp or release dead holds and try again.
+    MonthlyExceeded(MonthCounter),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered: usage and cost count.
+    Success,
+    /// The provider failed before any output: the message is given back.
+    Failed,
+    /// Nobody settled it in time (its process died): the hold is released, the message stays
+    /// counted, no tokens are charged.
+    Abandoned,
+}
+
+/// One request's record, as `ai_requests` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub org: OrgId,
+    pub user: UserId,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    pub error_message: Option<String>,
+    /// Nano-dollars.
+    pub cost: u64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// `YYYY-MM-DD`, UTC: the day of `timestamp`.
+    pub date: String,
+    /// Epoch seconds at which the record may be deleted.
+    pub expires_at: i64,
+}
+
+/// Closing a request: its hold released, its real usage counted, its record written, its day's
+/// aggregate updated; at most once per request, however often it is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub month: String,
+    pub hold_tokens: u64,
+    pub record: RequestRecord,
+}
+
+/// A day's usage of one model by one org (`ai_usage`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DailyUsage {
+    pub date: String,
+    pub model: String,
+    pub message_count: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// Nano-dollars.
+    pub estimated_cost: u64,
+}
+
+/// Limits and metering: the counters that must hold under concurrency.
+#[async_trait]
+pub trait MeterStore: Send + Sync {
+    async fn admit(&self, admission: &Admission) -> Result<AdmitOutcome, StoreError>;
+    /// Settles a request. Settling the same request twice changes nothing the second time.
+    async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError>;
+    /// The org's counter for a month (zero if none).
+    async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError>;
+    /// The org's daily aggregates for a month, by day and model.
+    async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError>;
+    /// The org's request records for a month, oldest first.
+    async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError>;
+}
+
 /// Everything the gateway stores, as one object behind each narrow trait.
-pub trait Store: UserStore + OrgStore {}
-impl<T: UserStore + OrgStore> Store for T {}
+pub trait Store: UserStore + OrgStore + MeterStore {}
+impl<T: UserStore + OrgStore + MeterStore> Store for T {}
 
 /// The store handles the application holds: the same object seen through each trait.
 #[derive(Clone)]
 pub struct Stores {
     pub users: Arc<dyn UserStore>,
     pub orgs: Arc<dyn OrgStore>,
+    pub meter: Arc<dyn MeterStore>,
 }
 
 impl Stores {
     pub fn from<S: Store + 'static>(store: Arc<S>) -> Stores {
         Stores {
             users: store.clone(),
-            orgs: store,
+            orgs: store.clone(),
+            meter: store,
         }
     }
 }

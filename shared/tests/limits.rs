@@ -1,0 +1,410 @@
+//! Limits and metering under concurrency, on every store: the in-memory one and DynamoDB Local.
+//! Each case runs the real admission and settlement code against a store and an injected clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use gateway::catalog::{Catalog, ModelSet, Plan};
+use gateway::chat::PreparedChat;
+use gateway::error::{GatewayError, LimitError};
+use gateway::ids::{ModelId, OrgId, PlanId, UserId};
+use gateway::limits::{self, Ticket};
+use gateway::providers::{ChatRequest, ProviderError, ProviderErrorKind, Speaker, Turn, Usage};
+use gateway::store::memory::MemoryStore;
+use gateway::store::{Outcome, Store};
+use gateway::usage;
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+fn plan(rpm: u64, messages: Option<u64>, tokens: Option<u64>) -> Plan {
+    Plan {
+        id: PlanId::from("test"),
+        requests_per_minute: rpm,
+        messages_per_month: messages,
+        tokens_per_month: tokens,
+        max_tokens_per_request: 8_192,
+        models: ModelSet::All,
+    }
+}
+
+/// A request whose input bound is exactly 100 tokens (76 bytes + 3 × 8 framing).
+fn chat(max_tokens: u32) -> PreparedChat {
+    let model = Catalog::builtin()
+        .model(&ModelId::from("gemini-1.5-flash"))
+        .expect("model")
+        .clone();
+    PreparedChat {
+        request: ChatRequest {
+            upstream_model: model.upstream.clone(),
+            system: None,
+            turns: vec![Turn {
+                speaker: Speaker::User,
+                text: "x".repeat(76),
+            }],
+            max_tokens,
+            temperature: None,
+        },
+        model,
+    }
+}
+
+const NOW: OffsetDateTime = datetime!(2026-11-15 12:00:00 UTC);
+
+async fn admit(
+    store: &Arc<dyn Store>,
+    now: OffsetDateTime,
+    org: &OrgId,
+    plan: &Plan,
+    max_tokens: u32,
+) -> Result<Ticket, GatewayError> {
+    limits::admit(store.as_ref(), now, org, plan, &chat(max_tokens)).await
+}
+
+async fn settle(
+    store: &Arc<dyn Store>,
+    ticket: &Ticket,
+    org: &OrgId,
+    used: Result<Usage, ()>,
+    now: OffsetDateTime,
+) {
+    let failure = ProviderError::new(
+        gateway::catalog::ProviderKind::Google,
+        ProviderErrorKind::Timeout,
+    );
+    let settlement = usage::settlement(
+        ticket,
+        org,
+        &UserId::from("user-1"),
+        &chat(1).model,
+        used.map_err(|()| &failure),
+        Duration::from_millis(5),
+        now,
+        Duration::from_secs(86_400),
+    );
+    store.settle(&settlement).await.expect("settle");
+}
+
+fn is_rate_limited(r: &Result<Ticket, GatewayError>) -> bool {
+    matches!(r, Err(GatewayError::Limit(LimitError::RateLimited { .. })))
+}
+
+fn is_monthly(r: &Result<Ticket, GatewayError>) -> bool {
+    matches!(r, Err(GatewayError::Limit(LimitError::MonthlyExceeded)))
+}
+
+async fn burst(
+    store: &Arc<dyn Store>,
+    n: usize,
+    org: &OrgId,
+    plan: &Plan,
+    max_tokens: u32,
+) -> Vec<Result<Ticket, GatewayError>> {
+    join_all((0..n).map(|_| {
+        let store = store.clone();
+        let (org, plan) = (org.clone(), plan.clone());
+        async move { admit(&store, NOW, &org, &plan, max_tokens).await }
+    }))
+    .await
+}
+
+async fn a_burst_admits_exactly_the_rate_limit(store: Arc<dyn Store>) {
+    // GIVEN 5 requests per minute WHEN 50 arrive at once
+    let org = OrgId::generate();
+    let results = burst(&store, 50, &org, &plan(5, None, None), 10).await;
+    // THEN exactly 5 are admitted and 45 are rate limited
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+    assert_eq!(results.iter().filter(|r| is_rate_limited(r)).count(), 45);
+    // AND the rate limit does not touch the month: only admitted requests count as messages
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(counter.messages, 5);
+}
+
+async fn a_burst_admits_exactly_the_remaining_messages(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(1_000, Some(5), None);
+    let results = burst(&store, 50, &org, &plan, 10).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+    assert_eq!(results.iter().filter(|r| is_monthly(r)).count(), 45);
+    // Refused requests gave their rate slots back: the window holds only the admitted five.
+    let ticket = results
+        .into_iter()
+        .find_map(Result::ok)
+        .expect("one admitted");
+    assert!(ticket.rate.remaining >= 1_000 - 5);
+}
+
+async fn concurrent_holds_never_exceed_the_token_limit(store: Arc<dyn Store>) {
+    // GIVEN 10,000 tokens a month and requests holding 100 input + 1,000 output
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, Some(10_000));
+    let results = burst(&store, 30, &org, &plan, 1_000).await;
+    let admitted: Vec<Ticket> = results.into_iter().filter_map(Result::ok).collect();
+    // THEN the holds admitted never add up to more than the limit
+    let held: u64 = admitted.iter().map(|t| t.hold_tokens).sum();
+    assert!(held <= 10_000, "held {held}");
+    assert!(
+        admitted.len() >= 9,
+        "9 full holds fit, got {}",
+        admitted.len()
+    );
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(counter.committed, held);
+    // WHEN they settle using far less than they held
+    for ticket in &admitted {
+        settle(
+            &store,
+            ticket,
+            &org,
+            Ok(Usage {
+                input_tokens: 20,
+                output_tokens: 30,
+            }),
+            NOW,
+        )
+        .await;
+    }
+    // THEN only real usage counts, and new requests fit again
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(counter.tokens, 50 * admitted.len() as u64);
+    assert_eq!(counter.committed, counter.tokens);
+    assert!(counter.holds.is_empty());
+    assert!(admit(&store, NOW, &org, &plan, 1_000).await.is_ok());
+}
+
+async fn max_tokens_is_clamped_to_what_is_left(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, Some(1_000));
+    // GIVEN 700 of 1,000 tokens used
+    let first = admit(&store, NOW, &org, &plan, 600)
+        .await
+        .expect("admitted");
+    settle(
+        &store,
+        &first,
+        &org,
+        Ok(Usage {
+            input_tokens: 100,
+            output_tokens: 600,
+        }),
+        NOW,
+    )
+    .await;
+    // WHEN a request asks for 500 output tokens with a 100-token input
+    let clamped = admit(&store, NOW, &org, &plan, 500)
+        .await
+        .expect("clamped, not refused");
+    // THEN it may use the 200 that are left
+    assert_eq!(clamped.max_tokens, 200);
+    assert_eq!(clamped.hold_tokens, 300);
+    // AND with nothing left for output, the next is refused
+    assert!(is_monthly(&admit(&store, NOW, &org, &plan, 500).await));
+}
+
+async fn windows_turn_over_at_minute_and_month_boundaries(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(2, Some(3), None);
+    let last_second = datetime!(2026-11-30 23:59:59 UTC);
+    for _ in 0..2 {
+        admit(&store, last_second, &org, &plan, 10)
+            .await
+            .expect("admitted");
+    }
+    let refused = admit(&store, last_second, &org, &plan, 10).await;
+    assert!(is_rate_limited(&refused));
+    // A second later it is a new minute, a new day and a new month.
+    let next = datetime!(2026-12-01 00:00:00 UTC);
+    let ticket = admit(&store, next, &org, &plan, 10)
+        .await
+        .expect("new minute");
+    assert_eq!(ticket.month, "2026-12");
+    assert_eq!(ticket.rate.remaining, 1);
+    assert_eq!(ticket.rate.reset_secs, 60);
+    assert_eq!(
+        store
+            .month_counter(&org, "2026-11")
+            .await
+            .expect("nov")
+            .messages,
+        2
+    );
+    assert_eq!(
+        store
+            .month_counter(&org, "2026-12")
+            .await
+            .expect("dec")
+            .messages,
+        1
+    );
+}
+
+async fn a_plan_change_mid_month_applies_at_once(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let free = plan(1_000, Some(3), None);
+    for _ in 0..3 {
+        admit(&store, NOW, &org, &free, 10).await.expect("admitted");
+    }
+    assert!(is_monthly(&admit(&store, NOW, &org, &free, 10).await));
+    // The month's usage stays; the new plan's limit applies to it.
+    let pro = plan(1_000, Some(10), None);
+    assert!(admit(&store, NOW, &org, &pro, 10).await.is_ok());
+    assert_eq!(
+        store
+            .month_counter(&org, "2026-11")
+            .await
+            .expect("counter")
+            .messages,
+        4
+    );
+}
+
+async fn a_failed_provider_call_gives_its_message_and_hold_back(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(1_000, Some(1), Some(10_000));
+    let ticket = admit(&store, NOW, &org, &plan, 1_000)
+        .await
+        .expect("admitted");
+    assert!(is_monthly(&admit(&store, NOW, &org, &plan, 10).await));
+    settle(&store, &ticket, &org, Err(()), NOW).await;
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(
+        (counter.messages, counter.tokens, counter.committed),
+        (0, 0, 0)
+    );
+    // The message is usable again, and the failure is on record.
+    assert!(admit(&store, NOW, &org, &plan, 10).await.is_ok());
+    let records = store.requests(&org, "2026-11").await.expect("records");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Failed);
+    assert!(records[0]
+        .error_message
+        .as_deref()
+        .is_some_and(|m| m.contains("timed out")));
+}
+
+async fn a_crashed_requests_hold_is_recovered(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, Some(2_000));
+    // GIVEN a request that took a 1,100-token hold and died without settling
+    let _dead = admit(&store, NOW, &org, &plan, 1_000)
+        .await
+        .expect("admitted");
+    // THEN while the hold may still be live, it counts against the month
+    assert!(admit(&store, NOW, &org, &plan, 1_000)
+        .await
+        .is_ok_and(|t| t.max_tokens < 1_000));
+    // WHEN it is past any function's lifetime
+    let later = NOW + time::Duration::minutes(20);
+    let ticket = admit(&store, later, &org, &plan, 1_000)
+        .await
+        .expect("admitted after release");
+    // THEN the dead holds were released and the full request fits
+    assert_eq!(ticket.max_tokens, 1_000);
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(counter.holds.len(), 1);
+    assert_eq!(counter.committed, 1_100);
+    let abandoned = store.requests(&org, "2026-11").await.expect("records");
+    assert_eq!(
+        abandoned
+            .iter()
+            .filter(|r| r.outcome == Outcome::Abandoned)
+            .count(),
+        2
+    );
+}
+
+async fn settling_twice_counts_once_and_aggregates_match_records(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, None);
+    let mut expected_cost = 0;
+    for (i, day) in [NOW, NOW, NOW + time::Duration::days(1)]
+        .into_iter()
+        .enumerate()
+    {
+        let ticket = admit(&store, day, &org, &plan, 500)
+            .await
+            .expect("admitted");
+        let used = Usage {
+            input_tokens: 100 + i as u64,
+            output_tokens: 200,
+        };
+        settle(&store, &ticket, &org, Ok(used), day).await;
+        // A retried settlement changes nothing.
+        settle(&store, &ticket, &org, Ok(used), day).await;
+        expected_cost += 350 * used.input_tokens + 1_050 * used.output_tokens;
+    }
+    let records = store.requests(&org, "2026-11").await.expect("records");
+    assert_eq!(records.len(), 3);
+    let daily = store.daily_usage(&org, "2026-11").await.expect("daily");
+    assert_eq!(daily.len(), 2, "two days");
+    let sum = |f: fn(&gateway::store::DailyUsage) -> u64| daily.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|d| d.message_count), 3);
+    assert_eq!(
+        sum(|d| d.input_tokens),
+        records.iter().map(|r| r.input_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        sum(|d| d.output_tokens),
+        records.iter().map(|r| r.output_tokens).sum::<u64>()
+    );
+    assert_eq!(
+        sum(|d| d.estimated_cost),
+        records.iter().map(|r| r.cost).sum::<u64>()
+    );
+    assert_eq!(sum(|d| d.estimated_cost), expected_cost);
+    // The seed's example: 100 in + 200 out on Gemini Flash costs 245,000 nano-dollars.
+    assert_eq!(records[0].cost, 245_000);
+    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    assert_eq!(counter.tokens, sum(|d| d.total_tokens));
+
+    // AND the report adds up exactly
+    let report = usage::report(store.as_ref(), &org, &plan, "2026-11")
+        .await
+        .expect("report");
+    assert_eq!(report.total_messages, 3);
+    assert_eq!(report.usage_percentage, None);
+    let breakdown = &report.models_breakdown["gemini-1.5-flash"];
+    assert_eq!(breakdown.messages, 3);
+    assert_eq!(breakdown.tokens, report.total_tokens);
+    assert!(breakdown.cost > 0.0 && breakdown.cost == report.total_cost);
+}
+
+macro_rules! meter_contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(Arc::new(MemoryStore::new())).await;
+                }
+            )*
+        }
+
+        mod dynamodb {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(store) = common::dynamo_store().await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+meter_contract!(
+    a_burst_admits_exactly_the_rate_limit,
+    a_burst_admits_exactly_the_remaining_messages,
+    concurrent_holds_never_exceed_the_token_limit,
+    max_tokens_is_clamped_to_what_is_left,
+    windows_turn_over_at_minute_and_month_boundaries,
+    a_plan_change_mid_month_applies_at_once,
+    a_failed_provider_call_gives_its_message_and_hold_back,
+    a_crashed_requests_hold_is_recovered,
+    settling_twice_counts_once_and_aggregates_match_records,
+);
