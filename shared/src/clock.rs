@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use time::OffsetDateTime;
 
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> OffsetDateTime;
 }
 

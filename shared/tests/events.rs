@@ -122,6 +122,15 @@ async fn every_sample_event_is_answered_by_its_function() {
     assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
     assert_eq!(body(&response)["model"], "gemini-1.5-flash");
 
+    let response = gateway::api::usage(
+        &state,
+        event(include_str!("../../events/ai-usage.json"), &token, &org),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
+    assert_eq!(body(&response)["month"], "2026-10");
+
     // AND the placeholders alone are refused, not crashed on
     let response = gateway::api::chat(
         &state,

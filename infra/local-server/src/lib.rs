@@ -41,6 +41,8 @@ pub struct Options {
     pub create_tables: bool,
     /// Enables `PUT /admin/orgs/{id}/plan` for whoever presents this token.
     pub admin_token: Option<Secret>,
+    /// The clock windows are counted by; the system clock when `None`.
+    pub clock: Option<Arc<dyn gateway::clock::Clock>>,
 }
 
 /// A running gateway's shared state and the routes that serve it.
@@ -111,7 +113,10 @@ pub async fn build_with(mut settings: Settings, options: &Options) -> anyhow::Re
             Stores::from(Arc::new(store))
         }
     };
-    let state = AppState::new(&settings, stores)?;
+    let mut state = AppState::new(&settings, stores)?;
+    if let Some(clock) = &options.clock {
+        state = state.with_clock(clock.clone());
+    }
     Ok(router(state, options.admin_token.clone()))
 }
 

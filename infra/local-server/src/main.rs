@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         table: args.table,
         create_tables: args.create_tables,
         admin_token: args.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
+        clock: None,
     };
     let router = local_server::build(&options).await?;
     let listener =

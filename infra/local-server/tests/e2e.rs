@@ -1,8 +1,13 @@
 //! End to end over real sockets: the local server (the same handlers the Lambda functions run) with
 //! its in-process simulator, driven as an HTTP client would drive it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::clock::ManualClock;
+use time::macros::datetime;
+
+use futures::future::join_all;
 use gateway::auth::{Claims, TokenIssuer};
 use gateway::catalog::Catalog;
 use gateway::config::{Endpoint, ProviderSettings, Settings};
@@ -46,6 +51,9 @@ async fn start_with(settings: Settings, admin: Option<&str>) -> Gateway {
         table: String::new(),
         create_tables: false,
         admin_token: admin.map(Secret::new),
+        clock: Some(Arc::new(ManualClock::new(
+            datetime!(2026-11-15 12:00:30 UTC),
+        ))),
     };
     let router = local_server::build_with(settings, &options)
         .await
@@ -526,4 +534,138 @@ async fn the_operator_route_needs_the_operator_token() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(gw.set_plan(&tenant.org, "team").await.0, StatusCode::OK);
+}
+
+async fn usage_report(gw: &Gateway, tenant: &Tenant, query: &str) -> (StatusCode, Value) {
+    let response = gw
+        .http
+        .get(gw.url(&format!("/api/v1/ai/usage{query}")))
+        .bearer_auth(&tenant.token)
+        .header("x-current-org", &tenant.org)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_its_headers() {
+    let gw = start().await;
+    let tenant = gw.tenant("hank@example.com", "hank-org").await;
+    // GIVEN the free plan's 5 requests a minute WHEN 8 arrive at once
+    let responses = join_all((0..8).map(|_| {
+        gw.http
+            .post(gw.url("/api/v1/ai/chat"))
+            .bearer_auth(&tenant.token)
+            .header("x-current-org", &tenant.org)
+            .json(&hello("gpt-4o-mini"))
+            .send()
+    }))
+    .await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for response in responses {
+        let response = response.expect("request");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        // THEN every answer carries the window's state (the clock stands at 30 s past the minute)
+        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(header("x-ratelimit-reset").as_deref(), Some("30"));
+        match response.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                assert_eq!(header("retry-after").as_deref(), Some("30"));
+                assert_eq!(header("x-ratelimit-remaining").as_deref(), Some("0"));
+                let body: Value = response.json().await.expect("json");
+                assert_eq!(
+                    body["detail"],
+                    "Rate limit exceeded. Max 5 requests per minute."
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // AND exactly five got through
+    assert_eq!((ok, limited), (5, 3));
+}
+
+#[tokio::test]
+async fn usage_is_metered_exactly_and_monthly_limits_answer_402() {
+    let mut settings = settings(Duration::from_secs(5));
+    let free = settings
+        .catalog
+        .plans
+        .get_mut(&gateway::ids::PlanId::from("free"))
+        .expect("free plan");
+    free.messages_per_month = Some(3);
+    free.requests_per_minute = 100;
+    let gw = start_with(settings, Some(ADMIN)).await;
+    let tenant = gw.tenant("iris@example.com", "iris-org").await;
+
+    // GIVEN two answers and one provider failure
+    let mut used = Vec::new();
+    for model in ["gemini-1.5-flash", "gpt-4o-mini"] {
+        let (status, body) = gw.chat(&tenant, hello(model)).await;
+        assert_eq!(status, StatusCode::OK);
+        used.push((
+            model,
+            body["usage"]["total_tokens"].as_u64().expect("tokens"),
+        ));
+    }
+    let (status, _) = gw
+        .chat(
+            &tenant,
+            json!({"messages": [{"role": "user", "content": "[sim:status=500] hi"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+
+    // THEN the report counts the answers, not the failure, and adds up
+    let (status, report) = usage_report(&gw, &tenant, "").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["month"], "2026-11");
+    assert_eq!(report["total_messages"], 2);
+    assert_eq!(report["messages_limit"], 3);
+    assert_eq!(report["tokens_limit"], 50_000);
+    assert_eq!(report["usage_percentage"], 66.67);
+    let total: u64 = used.iter().map(|(_, t)| t).sum();
+    assert_eq!(report["total_tokens"].as_u64(), Some(total));
+    for (model, tokens) in &used {
+        let entry = &report["models_breakdown"][model];
+        assert_eq!(entry["messages"], 1);
+        assert_eq!(entry["tokens"].as_u64(), Some(*tokens));
+        assert!(entry["cost"].as_f64().is_some_and(|c| c > 0.0), "{entry}");
+    }
+
+    // AND the failed call gave its message back: one more fits, then the month is used up
+    let (status, _) = gw.chat(&tenant, hello("gpt-4o-mini")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = gw.chat(&tenant, hello("gpt-4o-mini")).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        body["detail"],
+        "Monthly limit exceeded. Upgrade your plan to continue."
+    );
+
+    // AND another month, or a bad month, is answered too
+    let (status, report) = usage_report(&gw, &tenant, "?month=2026-10").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["total_messages"], 0);
+    assert_eq!(report["usage_percentage"], 0.0);
+    let (status, _) = usage_report(&gw, &tenant, "?month=2026-13").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // AND on the team plan the limits are null
+    assert_eq!(gw.set_plan(&tenant.org, "team").await.0, StatusCode::OK);
+    let (_, report) = usage_report(&gw, &tenant, "").await;
+    assert_eq!(report["messages_limit"], Value::Null);
+    assert_eq!(report["tokens_limit"], Value::Null);
+    assert_eq!(report["usage_percentage"], Value::Null);
 }
