@@ -408,3 +408,36 @@ meter_contract!(
     a_crashed_requests_hold_is_recovered,
     settling_twice_counts_once_and_aggregates_match_records,
 );
+
+#[tokio::test]
+async fn an_unreachable_store_fails_closed_with_503() {
+    // GIVEN a DynamoDB endpoint where nothing listens
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    let store: Arc<dyn Store> = Arc::new(gateway::store::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        "unreachable",
+    ));
+    // WHEN a request asks to be admitted
+    let result = admit(
+        &store,
+        NOW,
+        &OrgId::generate(),
+        &plan(5, Some(5), Some(5_000)),
+        10,
+    )
+    .await;
+    // THEN it is refused as unavailable, not admitted uncounted
+    let err = result.expect_err("must fail closed");
+    assert_eq!(err.status().as_u16(), 503, "{err}");
+    assert!(!err.detail().contains("127.0.0.1"), "{}", err.detail());
+}
