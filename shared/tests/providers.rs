@@ -6,7 +6,8 @@ use std::time::Duration;
 use gateway::catalog::ProviderKind;
 use gateway::config::{Endpoint, ProviderSettings};
 use gateway::providers::{
-    ChatRequest, FinishReason, ProviderError, ProviderErrorKind, Providers, Speaker, Turn,
+    ChatRequest, FinishReason, ProviderError, ProviderErrorKind, Providers, Speaker, StreamEvent,
+    Turn, Usage,
 };
 use gateway::secret::Secret;
 
@@ -217,6 +218,117 @@ async fn missing_keys_are_reported_by_name(kind: ProviderKind) {
     assert!(err.to_string().contains("_API_KEY"), "{err}");
 }
 
+/// Drains a stream into (text, last usage, finish reason, error).
+async fn drain(
+    mut stream: gateway::providers::ChatStream,
+) -> (
+    Vec<String>,
+    Option<Usage>,
+    Option<FinishReason>,
+    Option<ProviderError>,
+) {
+    use futures::StreamExt;
+    let (mut deltas, mut usage, mut finish, mut error) = (Vec::new(), None, None, None);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(StreamEvent::Delta(text)) => deltas.push(text),
+            Ok(StreamEvent::Usage(u)) => usage = Some(u),
+            Ok(StreamEvent::Finish(f)) => finish = Some(f),
+            Err(e) => {
+                assert!(error.is_none(), "one error ends the stream");
+                error = Some(e);
+            }
+        }
+    }
+    (deltas, usage, finish, error)
+}
+
+async fn streams_text_usage_and_finish(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let stream = providers
+        .get(kind)
+        .stream(&request(
+            model_of(kind),
+            "[sim:echo]line one\n  من  ünïcödé",
+            200,
+        ))
+        .await
+        .expect("stream opens");
+    let (deltas, usage, finish, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), "line one\n  من  ünïcödé");
+    assert_eq!(finish, Some(FinishReason::Stop));
+    let usage = usage.expect("usage");
+    assert!(usage.input_tokens > 0);
+    assert_eq!(usage.output_tokens, deltas.len() as u64);
+}
+
+async fn streams_stop_at_max_tokens(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let stream = providers
+        .get(kind)
+        .stream(&request(model_of(kind), "[sim:tokens=50] more", 4))
+        .await
+        .expect("stream opens");
+    let (deltas, usage, finish, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(deltas.len(), 4);
+    assert_eq!(finish, Some(FinishReason::Length));
+    assert_eq!(usage.map(|u| u.output_tokens), Some(4));
+}
+
+async fn refused_streams_fail_before_the_first_byte(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let err = match providers
+        .get(kind)
+        .stream(&request(model_of(kind), "[sim:status=429] hi", 50))
+        .await
+    {
+        Ok(_) => panic!("must fail before streaming"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(err.kind, ProviderErrorKind::Upstream { status: 429, .. }),
+        "{err:?}"
+    );
+}
+
+async fn cut_streams_end_in_an_error_after_their_text(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    for prompt in ["[sim:cut=3] hi", "[sim:fail=3] hi"] {
+        let stream = providers
+            .get(kind)
+            .stream(&request(model_of(kind), prompt, 50))
+            .await
+            .expect("stream opens");
+        let (deltas, _, finish, error) = drain(stream).await;
+        assert_eq!(deltas.len(), 3, "{prompt}");
+        assert_eq!(finish, None, "{prompt}");
+        let error = error.expect("interrupted");
+        assert!(
+            matches!(error.kind, ProviderErrorKind::Interrupted(_)),
+            "{error:?}"
+        );
+        assert_eq!(error.status().as_u16(), 502);
+    }
+}
+
+async fn silent_streams_time_out(kind: ProviderKind) {
+    let providers = providers(Duration::from_millis(300)).await;
+    let stream = providers
+        .get(kind)
+        .stream(&request(
+            model_of(kind),
+            "[sim:tps=2] [sim:tokens=5] hi",
+            50,
+        ))
+        .await
+        .expect("stream opens");
+    let (_, _, _, error) = drain(stream).await;
+    assert_eq!(error.map(|e| e.kind), Some(ProviderErrorKind::Timeout));
+}
+
 macro_rules! provider_contract {
     ($($case:ident),* $(,)?) => {
         mod openai {
@@ -240,4 +352,9 @@ provider_contract!(
     unreachable_upstreams_are_502,
     keys_never_reach_error_messages,
     missing_keys_are_reported_by_name,
+    streams_text_usage_and_finish,
+    streams_stop_at_max_tokens,
+    refused_streams_fail_before_the_first_byte,
+    cut_streams_end_in_an_error_after_their_text,
+    silent_streams_time_out,
 );

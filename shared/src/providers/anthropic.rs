@@ -3,8 +3,10 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::sse::SseEvent;
 use super::{
-    ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderError, Speaker, Upstream, Usage,
+    ChatProvider, ChatRequest, ChatResponse, ChatStream, FinishReason, ProviderError, Speaker,
+    StreamEvent, StreamParser, Upstream, Usage,
 };
 use crate::catalog::ProviderKind;
 
@@ -80,6 +82,103 @@ impl From<WireUsage> for Usage {
     }
 }
 
+/// The stream's events: <https://docs.anthropic.com/en/docs/build-with-claude/streaming>.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireEvent {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockDelta {
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        usage: Option<DeltaUsage>,
+    },
+    MessageStop,
+    Error {
+        error: WireError,
+    },
+    /// `ping`, `content_block_start`, `content_block_stop`, and types added later.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct StartMessage {
+    usage: WireUsage,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageDeltaBody {
+    stop_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeltaUsage {
+    output_tokens: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireError {
+    message: String,
+}
+
+/// Input tokens come with `message_start`, the output count (cumulative) with `message_delta`.
+#[derive(Debug, Default)]
+struct Parser {
+    usage: Usage,
+    done: bool,
+}
+
+impl StreamParser for Parser {
+    fn parse(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, String> {
+        let wire: WireEvent =
+            serde_json::from_str(&event.data).map_err(|e| format!("unreadable event: {e}"))?;
+        Ok(match wire {
+            WireEvent::MessageStart { message } => {
+                self.usage = message.usage.into();
+                vec![StreamEvent::Usage(self.usage)]
+            }
+            WireEvent::ContentBlockDelta {
+                delta: BlockDelta::TextDelta { text },
+            } => vec![StreamEvent::Delta(text)],
+            WireEvent::ContentBlockDelta { .. } | WireEvent::Other => Vec::new(),
+            WireEvent::MessageDelta { delta, usage } => {
+                let mut events = Vec::new();
+                if let Some(usage) = usage {
+                    self.usage.output_tokens = usage.output_tokens;
+                    events.push(StreamEvent::Usage(self.usage));
+                }
+                if let Some(reason) = delta.stop_reason {
+                    events.push(StreamEvent::Finish(finish_reason(Some(&reason))));
+                }
+                events
+            }
+            WireEvent::MessageStop => {
+                self.done = true;
+                Vec::new()
+            }
+            WireEvent::Error { error } => return Err(error.message),
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
 fn finish_reason(raw: Option<&str>) -> FinishReason {
     match raw {
         Some("end_turn") | Some("stop_sequence") | None => FinishReason::Stop,
@@ -147,6 +246,20 @@ impl ChatProvider for Anthropic {
             finish_reason: finish_reason(body.stop_reason.as_deref()),
             usage: body.usage.into(),
         })
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        let up = &self.upstream;
+        let key = up.key()?;
+        let mut body = request_body(request);
+        body.stream = true;
+        let http = up
+            .http
+            .post(format!("{}/v1/messages", up.base_url))
+            .header("x-api-key", key.expose())
+            .header("anthropic-version", API_VERSION)
+            .json(&body);
+        up.open_stream(http, error_message, Parser::default()).await
     }
 }
 

@@ -4,9 +4,10 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::sse::SseEvent;
 use super::{
-    ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderErrorKind,
-    Speaker, Upstream, Usage,
+    ChatProvider, ChatRequest, ChatResponse, ChatStream, FinishReason, ProviderError,
+    ProviderErrorKind, Speaker, StreamEvent, StreamParser, Upstream, Usage,
 };
 use crate::catalog::ProviderKind;
 
@@ -112,6 +113,56 @@ impl From<UsageMetadata> for Usage {
     }
 }
 
+/// Each `data:` is a whole `GenerateContentResponse` with the next piece of text and the usage so
+/// far; there is no terminal event, so the answer is complete once a finish reason arrived.
+#[derive(Debug, Default)]
+struct Parser {
+    done: bool,
+}
+
+impl StreamParser for Parser {
+    fn parse(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(&event.data).map_err(|e| format!("unreadable chunk: {e}"))?;
+        if let Some(message) = error_message(&value) {
+            return Err(message);
+        }
+        let body: ResponseBody =
+            serde_json::from_value(value).map_err(|e| format!("unreadable chunk: {e}"))?;
+        let mut events = Vec::new();
+        if let Some(candidate) = body.candidates.into_iter().next() {
+            let text: String = candidate
+                .content
+                .map(|c| {
+                    c.parts
+                        .into_iter()
+                        .filter(|p| !p.thought)
+                        .filter_map(|p| p.text)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !text.is_empty() {
+                events.push(StreamEvent::Delta(text));
+            }
+            if let Some(reason) = candidate.finish_reason {
+                self.done = true;
+                events.push(StreamEvent::Finish(finish_reason(Some(&reason))));
+            }
+        } else if body.prompt_feedback.and_then(|f| f.block_reason).is_some() {
+            self.done = true;
+            events.push(StreamEvent::Finish(FinishReason::ContentFilter));
+        }
+        if let Some(usage) = body.usage_metadata {
+            events.push(StreamEvent::Usage(usage.into()));
+        }
+        Ok(events)
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
 fn finish_reason(raw: Option<&str>) -> FinishReason {
     match raw {
         Some("STOP") | None => FinishReason::Stop,
@@ -208,6 +259,20 @@ impl ChatProvider for Gemini {
             finish_reason: finish_reason(candidate.finish_reason.as_deref()),
             usage,
         })
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        let up = &self.upstream;
+        let key = up.key()?;
+        let http = up
+            .http
+            .post(format!(
+                "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
+                up.base_url, request.upstream_model
+            ))
+            .header("x-goog-api-key", key.expose())
+            .json(&request_body(request));
+        up.open_stream(http, error_message, Parser::default()).await
     }
 }
 

@@ -4,11 +4,16 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod sse;
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use http::StatusCode;
 use serde::Serialize;
 
@@ -103,6 +108,9 @@ pub enum ProviderErrorKind {
     Upstream { status: u16, message: String },
     #[error("sent a response the gateway could not read: {0}")]
     InvalidResponse(String),
+    /// The stream broke off: cut, or an error event mid-stream.
+    #[error("stream was interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// A provider failure, naming the provider.
@@ -126,11 +134,35 @@ impl ProviderError {
     }
 }
 
+/// One piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Text to pass on, as it came.
+    Delta(String),
+    /// The usage known so far, whole (later events supersede earlier ones).
+    Usage(Usage),
+    Finish(FinishReason),
+}
+
+/// A streamed answer: events until the provider's terminal event, or an error.
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, ProviderError>> + Send>>;
+
 /// One upstream API.
 #[async_trait]
 pub trait ChatProvider: Send + Sync + fmt::Debug {
     fn kind(&self) -> ProviderKind;
     async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+    /// Opens a streamed answer. Fails (like `complete`) if the provider refuses it before the
+    /// first byte, so that failure can still be a plain HTTP error.
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError>;
+}
+
+/// Reads one provider's stream events.
+pub(crate) trait StreamParser: Send + 'static {
+    /// The events an upstream SSE event carries; an error event becomes `Err(message)`.
+    fn parse(&mut self, event: sse::SseEvent) -> Result<Vec<StreamEvent>, String>;
+    /// Whether the provider's terminal event arrived.
+    fn finished(&self) -> bool;
 }
 
 /// What every adapter holds: the shared HTTP client, where to call, and the key.
@@ -213,6 +245,110 @@ impl Upstream {
         }
         serde_json::from_slice(&body)
             .map_err(|e| self.error(ProviderErrorKind::InvalidResponse(e.to_string())))
+    }
+}
+
+impl Upstream {
+    /// Sends a streaming request; answers the upstream's error like [`Upstream::send_json`] when it
+    /// refuses, else the decoded event stream. The whole-request timeout bounds the wait for the
+    /// headers and every silence between chunks, not the length of the answer.
+    async fn open_stream(
+        &self,
+        request: reqwest::RequestBuilder,
+        message_of: fn(&serde_json::Value) -> Option<String>,
+        parser: impl StreamParser,
+    ) -> Result<ChatStream, ProviderError> {
+        let response = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| self.error(ProviderErrorKind::Timeout))?
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = tokio::time::timeout(self.timeout, response.bytes())
+                .await
+                .map_err(|_| self.error(ProviderErrorKind::Timeout))?
+                .map_err(|e| self.transport_error(e))?;
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| message_of(&v))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(self.error(ProviderErrorKind::Upstream {
+                status: status.as_u16(),
+                message: self.scrub(&message),
+            }));
+        }
+        struct State<P> {
+            upstream: Upstream,
+            bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+            decoder: sse::SseDecoder,
+            parser: P,
+            pending: VecDeque<StreamEvent>,
+            /// Sent once `pending` is drained: events parsed before a failure still go out first.
+            failure: Option<ProviderError>,
+            done: bool,
+        }
+        let state = State {
+            upstream: self.clone(),
+            bytes: Box::pin(response.bytes_stream()),
+            decoder: sse::SseDecoder::new(),
+            parser,
+            pending: VecDeque::new(),
+            failure: None,
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(event) = st.pending.pop_front() {
+                    return Some((Ok(event), st));
+                }
+                if let Some(failure) = st.failure.take() {
+                    return Some((Err(failure), st));
+                }
+                if st.done {
+                    return None;
+                }
+                let interrupted = |up: &Upstream, why: String| {
+                    up.error(ProviderErrorKind::Interrupted(up.scrub(&why)))
+                };
+                match tokio::time::timeout(st.upstream.timeout, st.bytes.next()).await {
+                    Err(_) => {
+                        st.done = true;
+                        st.failure = Some(st.upstream.error(ProviderErrorKind::Timeout));
+                    }
+                    Ok(Some(Err(e))) => {
+                        st.done = true;
+                        let why = st.upstream.transport_error(e).kind.to_string();
+                        st.failure = Some(interrupted(&st.upstream, why));
+                    }
+                    Ok(None) => {
+                        st.done = true;
+                        if !st.parser.finished() {
+                            st.failure = Some(interrupted(
+                                &st.upstream,
+                                "the connection closed before the answer was complete".into(),
+                            ));
+                        }
+                    }
+                    Ok(Some(Ok(chunk))) => {
+                        for event in st.decoder.push(&chunk) {
+                            match st.parser.parse(event) {
+                                Ok(events) => st.pending.extend(events),
+                                Err(why) => {
+                                    st.done = true;
+                                    st.failure = Some(interrupted(&st.upstream, why));
+                                    break;
+                                }
+                            }
+                        }
+                        // The terminal event ends the answer; no need to wait for the close.
+                        if st.parser.finished() {
+                            st.done = true;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
     }
 }
 

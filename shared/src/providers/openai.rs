@@ -3,9 +3,10 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::sse::SseEvent;
 use super::{
-    ChatProvider, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderErrorKind,
-    Speaker, Upstream, Usage,
+    ChatProvider, ChatRequest, ChatResponse, ChatStream, FinishReason, ProviderError,
+    ProviderErrorKind, Speaker, StreamEvent, StreamParser, Upstream, Usage,
 };
 use crate::catalog::ProviderKind;
 
@@ -28,6 +29,75 @@ struct RequestBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// A `chat.completion.chunk`.
+#[derive(Debug, Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: ChunkDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ChunkDelta {
+    content: Option<String>,
+    refusal: Option<String>,
+}
+
+/// Chunks until `data: [DONE]`; usage arrives in the last chunk, with no choices.
+#[derive(Debug, Default)]
+struct Parser {
+    done: bool,
+}
+
+impl StreamParser for Parser {
+    fn parse(&mut self, event: SseEvent) -> Result<Vec<StreamEvent>, String> {
+        if event.data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(Vec::new());
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&event.data).map_err(|e| format!("unreadable chunk: {e}"))?;
+        if let Some(message) = error_message(&value) {
+            return Err(message);
+        }
+        let chunk: Chunk =
+            serde_json::from_value(value).map_err(|e| format!("unreadable chunk: {e}"))?;
+        let mut events = Vec::new();
+        for choice in chunk.choices.into_iter().take(1) {
+            if let Some(text) = choice.delta.content.or(choice.delta.refusal) {
+                if !text.is_empty() {
+                    events.push(StreamEvent::Delta(text));
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                events.push(StreamEvent::Finish(finish_reason(Some(&reason))));
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            events.push(StreamEvent::Usage(usage.into()));
+        }
+        Ok(events)
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +175,7 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         max_completion_tokens: request.max_tokens,
         temperature: request.temperature,
         stream: false,
+        stream_options: None,
     }
 }
 
@@ -144,6 +215,22 @@ impl ChatProvider for OpenAi {
             finish_reason: reason,
             usage: usage.into(),
         })
+    }
+
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        let up = &self.upstream;
+        let key = up.key()?;
+        let mut body = request_body(request);
+        body.stream = true;
+        body.stream_options = Some(StreamOptions {
+            include_usage: true,
+        });
+        let http = up
+            .http
+            .post(format!("{}/v1/chat/completions", up.base_url))
+            .bearer_auth(key.expose())
+            .json(&body);
+        up.open_stream(http, error_message, Parser::default()).await
     }
 }
 
