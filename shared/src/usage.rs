@@ -35,6 +35,30 @@ pub fn settlement(
         Ok(usage) => (Outcome::Success, usage, None),
         Err(err) => (Outcome::Failed, Usage::default(), Some(err.to_string())),
     };
+    settlement_of(
+        ticket,
+        org,
+        user,
+        model,
+        (outcome, usage, error_message),
+        duration,
+        now,
+        retention,
+    )
+}
+
+/// The settlement of a request that ended as `(outcome, usage, error message)`.
+#[allow(clippy::too_many_arguments)]
+pub fn settlement_of(
+    ticket: &Ticket,
+    org: &OrgId,
+    user: &UserId,
+    model: &Model,
+    (outcome, usage, error_message): (Outcome, Usage, Option<String>),
+    duration: Duration,
+    now: OffsetDateTime,
+    retention: Duration,
+) -> Settlement {
     Settlement {
         month: ticket.month.clone(),
         hold_tokens: ticket.hold_tokens,

@@ -129,6 +129,10 @@ pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
     Router::new()
         .route("/admin/orgs/{org_id}/plan", put(set_plan))
         .route("/health", axum::routing::get(|| async { "ok" }))
+        .route(
+            gateway::api::STREAM_PATH,
+            axum::routing::post(stream_route).fallback(gateway_route),
+        )
         .fallback(gateway_route)
         .with_state(server)
 }
@@ -144,21 +148,19 @@ fn to_axum(response: gateway::api::respond::HttpResponse) -> Response {
     Response::from_parts(parts, AxumBody::from(bytes))
 }
 
-/// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver, and hands it
-/// to the same handler code.
-async fn gateway_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
+/// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver.
+async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return to_axum(gateway::api::respond::error(
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            to_axum(gateway::api::respond::error(
                 RequestError::PayloadTooLarge {
                     limit: MAX_BODY_BYTES,
                 }
                 .into(),
             ))
-        }
-    };
+        })?;
     let body = if bytes.is_empty() {
         lambda_http::Body::Empty
     } else {
@@ -167,8 +169,29 @@ async fn gateway_route(State(server): State<Server>, request: axum::extract::Req
             Err(err) => lambda_http::Body::Binary(err.into_bytes()),
         }
     };
-    let request = lambda_http::Request::from_parts(parts, body);
-    to_axum(gateway::api::dispatch(&server.state, request).await)
+    Ok(lambda_http::Request::from_parts(parts, body))
+}
+
+/// Every buffered endpoint: the same handler code the Lambda functions run.
+async fn gateway_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
+    match to_lambda(request).await {
+        Ok(request) => to_axum(gateway::api::dispatch(&server.state, request).await),
+        Err(response) => response,
+    }
+}
+
+/// The streaming endpoint: its body goes to the client frame by frame, unbuffered.
+async fn stream_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
+    let request = match to_lambda(request).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match gateway::api::chat_stream(&server.state, request).await {
+        Ok(response) => response.map(AxumBody::new),
+        Err(err) => to_axum(gateway::api::respond::error(
+            gateway::error::GatewayError::Internal(err.to_string()),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

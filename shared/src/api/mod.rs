@@ -3,6 +3,10 @@
 
 pub mod extract;
 pub mod respond;
+pub mod sse;
+pub mod stream;
+
+pub use stream::{chat_stream, StreamingBody, StreamingResponse};
 
 use http::{Method, StatusCode};
 use lambda_http::Request;
@@ -387,6 +391,9 @@ async fn models_inner(state: &AppState, request: &Request) -> Result<HttpRespons
     ))
 }
 
+/// The streaming route, served apart because its body is a stream.
+pub const STREAM_PATH: &str = "/api/v1/ai/chat/stream";
+
 /// The routes, as API Gateway maps them to functions.
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/auth/register"),
@@ -394,6 +401,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/orgs"),
     ("GET", "/api/v1/orgs"),
     ("POST", "/api/v1/ai/chat"),
+    ("POST", STREAM_PATH),
     ("GET", "/api/v1/ai/models"),
     ("GET", "/api/v1/ai/usage"),
 ];
