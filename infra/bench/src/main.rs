@@ -1,1 +1,321 @@
-fn main() {}
+//! Load benchmark: how much latency and throughput the gateway costs on top of the provider it
+//! fronts.
+//!
+//! One process runs the provider simulator and the local gateway (in-memory store) on loopback,
+//! then drives, one after the other and at the same fixed concurrency, the simulator's Gemini
+//! `generateContent` directly and the gateway's `POST /api/v1/ai/chat` for the same model (which
+//! calls that very simulator). The difference is the gateway: auth, org and plan checks, the
+//! provider adapter, usage accounting. Client, gateway and simulator share the machine's cores, so
+//! compare the two rows with each other rather than with production numbers.
+//!
+//! `cargo run --release -p bench -- --concurrency 16 --duration-secs 5 --warmup-secs 1`
+
+mod load;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use gateway::catalog::Catalog;
+use gateway::config::{Endpoint, ProviderSettings, Settings};
+use gateway::ids::PlanId;
+use gateway::secret::Secret;
+use load::{Load, Outcome, Target};
+use local_server::{Options, StoreKind};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+const MODEL: &str = "gemini-1.5-flash";
+const PROMPT: &str = "Say hello in one short sentence.";
+const MAX_TOKENS: u32 = 256;
+const PLAN: &str = "team";
+const ADMIN_TOKEN: &str = "bench-admin";
+const PASSWORD: &str = "bench password, long enough";
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark the gateway's chat endpoint against the simulator it fronts")]
+struct Args {
+    /// Requests in flight at once (one worker task each).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Measured seconds per target.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    duration_secs: u64,
+    /// Unmeasured seconds per target before measuring (connections, caches, allocator).
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let load = Load {
+        concurrency: usize::from(args.concurrency),
+        warmup: Duration::from_secs(args.warmup_secs),
+        duration: Duration::from_secs(args.duration_secs),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let simulator = start_simulator().await?;
+    let gateway = start_gateway(&simulator).await?;
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let tenant = set_up_tenant(&client, &gateway).await?;
+
+    eprintln!(
+        "driving the simulator for {}s (+{}s warm-up) at concurrency {}",
+        args.duration_secs, args.warmup_secs, args.concurrency
+    );
+    let direct = load::run(&client, simulator_target(&simulator), load).await?;
+    eprintln!("driving the gateway likewise");
+    let through = load::run(&client, gateway_target(&gateway, &tenant)?, load).await?;
+
+    let report = Report {
+        args: &args,
+        cores,
+        rows: [("simulator", &direct), ("gateway", &through)],
+    };
+    report.print();
+    Ok(())
+}
+
+/// The simulator on an ephemeral loopback port; returns its base URL.
+async fn start_simulator() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator::SimulatorConfig::default(),
+    ));
+    Ok(base)
+}
+
+/// The local gateway, every provider pointed at `simulator`; returns its base URL.
+///
+/// Settings are built here rather than read from the environment so that no real key, base URL or
+/// operator catalog in the caller's shell can leak into the measurement.
+async fn start_gateway(simulator: &str) -> anyhow::Result<String> {
+    let endpoint = || Endpoint {
+        base_url: simulator.to_owned(),
+        api_key: Some(Secret::new("simulated-key")),
+    };
+    let mut catalog = Catalog::builtin();
+    // Team's 300 requests a minute would turn most of a run into 429s; the check itself still runs.
+    catalog
+        .plans
+        .get_mut(&PlanId::from(PLAN))
+        .with_context(|| format!("the built-in catalog has no {PLAN} plan"))?
+        .requests_per_minute = 1_000_000_000;
+    let settings = Settings {
+        jwt_secret: Secret::new("bench-jwt-secret-bench-jwt-secret-0123456789"),
+        token_ttl: Duration::from_secs(3600),
+        table_name: None,
+        request_retention: Duration::from_secs(86_400),
+        providers: ProviderSettings {
+            openai: endpoint(),
+            anthropic: endpoint(),
+            google: endpoint(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(25),
+        },
+        catalog,
+    };
+    let options = Options {
+        store: StoreKind::Memory,
+        table: String::new(),
+        create_tables: false,
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        clock: None,
+    };
+    let router = local_server::build_with(settings, &options).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(local_server::serve(listener, router));
+    Ok(base)
+}
+
+/// A signed-in user and the org the load runs under.
+struct Tenant {
+    token: String,
+    org: String,
+}
+
+/// Register, log in, create an org, move it to the team plan: the seed's flow plus the operator.
+async fn set_up_tenant(client: &Client, gateway: &str) -> anyhow::Result<Tenant> {
+    let email = "bench@example.com";
+    let registered = client
+        .post(format!("{gateway}/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    expect(registered, StatusCode::CREATED, "register").await?;
+
+    let login = client
+        .post(format!("{gateway}/api/v1/auth/login"))
+        .form(&[("username", email), ("password", PASSWORD)])
+        .send()
+        .await?;
+    let login = expect(login, StatusCode::OK, "login").await?;
+    let token = login["access_token"]
+        .as_str()
+        .context("login answered without access_token")?
+        .to_owned();
+
+    let org = client
+        .post(format!("{gateway}/api/v1/orgs"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Bench", "slug": "bench"}))
+        .send()
+        .await?;
+    let org = expect(org, StatusCode::CREATED, "create org").await?;
+    let org = org["id"]
+        .as_str()
+        .context("create org answered without id")?
+        .to_owned();
+
+    let plan = client
+        .put(format!("{gateway}/admin/orgs/{org}/plan"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"plan": PLAN}))
+        .send()
+        .await?;
+    expect(plan, StatusCode::OK, "set plan").await?;
+    Ok(Tenant { token, org })
+}
+
+/// The JSON body of `response`, or an error naming the step, the status and the body.
+async fn expect(response: Response, want: StatusCode, step: &str) -> anyhow::Result<Value> {
+    let status = response.status();
+    let text = response.text().await?;
+    if status != want {
+        bail!("{step}: expected {want}, got {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("{step}: body is not JSON: {text}"))
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers
+}
+
+/// The Gemini request the gateway itself sends for [`gateway_target`].
+fn simulator_target(simulator: &str) -> Target {
+    let mut headers = json_headers();
+    headers.insert("x-goog-api-key", HeaderValue::from_static("k"));
+    Target {
+        url: format!("{simulator}/v1beta/models/{MODEL}:generateContent"),
+        headers,
+        body: json!({
+            "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+            "generationConfig": {"maxOutputTokens": MAX_TOKENS},
+        })
+        .to_string(),
+    }
+}
+
+fn gateway_target(gateway: &str, tenant: &Tenant) -> anyhow::Result<Target> {
+    let mut headers = json_headers();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {}", tenant.token))?,
+    );
+    headers.insert("x-current-org", HeaderValue::from_str(&tenant.org)?);
+    Ok(Target {
+        url: format!("{gateway}/api/v1/ai/chat"),
+        headers,
+        body: json!({
+            "model": MODEL,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS,
+        })
+        .to_string(),
+    })
+}
+
+/// Both runs, printed as a table and then as one JSON line.
+struct Report<'a> {
+    args: &'a Args,
+    cores: usize,
+    /// The baseline (simulator) first, then the gateway.
+    rows: [(&'static str, &'a Outcome); 2],
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let [(_, direct), (_, through)] = self.rows;
+        let added_p50 = ms(through.percentile(50.0)) - ms(direct.percentile(50.0));
+        let added_p99 = ms(through.percentile(99.0)) - ms(direct.percentile(99.0));
+        let ratio = through.throughput() / direct.throughput().max(f64::EPSILON);
+
+        println!(
+            "{:<10} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "target", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        );
+        for (name, outcome) in self.rows {
+            println!(
+                "{:<10} {:>9} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                name,
+                outcome.requests(),
+                outcome.errors,
+                outcome.throughput(),
+                ms(outcome.percentile(50.0)),
+                ms(outcome.percentile(90.0)),
+                ms(outcome.percentile(99.0)),
+                ms(outcome.max()),
+            );
+        }
+        println!();
+        println!("gateway added latency: p50 {added_p50:+.2} ms, p99 {added_p99:+.2} ms");
+        println!("throughput ratio (gateway / simulator): {ratio:.3}");
+        println!(
+            "machine: {} cores, shared by the load client, the gateway and the simulator (one process); \
+             concurrency {}, {} s measured after {} s warm-up per target",
+            self.cores, self.args.concurrency, self.args.duration_secs, self.args.warmup_secs
+        );
+        for (name, outcome) in self.rows {
+            if let Some(error) = &outcome.first_error {
+                println!("first error ({name}): {error}");
+            }
+        }
+
+        let targets: serde_json::Map<String, Value> = self
+            .rows
+            .iter()
+            .map(|(name, outcome)| ((*name).to_owned(), summary(outcome)))
+            .collect();
+        let line = json!({
+            "concurrency": self.args.concurrency,
+            "duration_secs": self.args.duration_secs,
+            "warmup_secs": self.args.warmup_secs,
+            "cores": self.cores,
+            "targets": targets,
+            "gateway_added_ms": {"p50": round2(added_p50), "p99": round2(added_p99)},
+            "throughput_ratio": (ratio * 1000.0).round() / 1000.0,
+        });
+        println!("{line}");
+    }
+}
+
+fn summary(outcome: &Outcome) -> Value {
+    json!({
+        "requests": outcome.requests(),
+        "errors": outcome.errors,
+        "rps": (outcome.throughput() * 10.0).round() / 10.0,
+        "p50_ms": round2(ms(outcome.percentile(50.0))),
+        "p90_ms": round2(ms(outcome.percentile(90.0))),
+        "p99_ms": round2(ms(outcome.percentile(99.0))),
+        "max_ms": round2(ms(outcome.max())),
+    })
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
