@@ -7,7 +7,7 @@
 #    (plus dummy AWS credentials); it is stopped when this script exits, however it exits.
 # 3. Runs every check, carrying on past failures so one run reports them all:
 #    cargo fmt, cargo clippy, cargo build, cargo nextest (or cargo test), pytest tests/python,
-#    cfn-lint template.yaml.
+#    node --test tests/js (the README's browser client), cfn-lint template.yaml.
 # Exits non-zero if any check failed, after a summary.
 set -euo pipefail
 
@@ -135,6 +135,11 @@ pytest_step() {
     return "$rc"
 }
 
+node_step() {
+    require_command node "install Node.js 20+" || return 1
+    LOCAL_SERVER_BIN="$(cargo_target_dir)/debug/local-server" node --test tests/js
+}
+
 cargo_target_dir() {
     cargo metadata --no-deps --format-version 1 \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
@@ -170,9 +175,11 @@ run_step "cargo build" cargo build --workspace
 if [ "${STEP_STATUS[${#STEP_STATUS[@]} - 1]}" = ok ]; then
     run_step "cargo nextest" nextest
     run_step "pytest" pytest_step
+    run_step "node (README browser client)" node_step
 else
     skip_step "cargo nextest" "the build failed"
     skip_step "pytest" "the build failed"
+    skip_step "node (README browser client)" "the build failed"
 fi
 run_step "cfn-lint" "$VENV_DIR/bin/cfn-lint" template.yaml
 
