@@ -36,6 +36,11 @@ pub struct Settings {
     pub table_name: Option<String>,
     /// How long `ai_requests` records are kept (DynamoDB TTL).
     pub request_retention: Duration,
+    /// The SQS queue jobs are sent to (`JOBS_QUEUE_URL`).
+    pub jobs_queue_url: Option<String>,
+    /// Deliveries of a job message before it goes to the DLQ; must match the queue's
+    /// `maxReceiveCount` (`JOBS_MAX_RECEIVES`).
+    pub jobs_max_receives: u32,
     pub providers: ProviderSettings,
     pub catalog: Catalog,
 }
@@ -136,6 +141,20 @@ impl Settings {
             request_retention: env_secs("REQUEST_RETENTION_DAYS", 90)?
                 .checked_mul(86_400)
                 .unwrap_or(Duration::MAX),
+            jobs_queue_url: env("JOBS_QUEUE_URL"),
+            jobs_max_receives: match env("JOBS_MAX_RECEIVES") {
+                None => 5,
+                Some(raw) => {
+                    raw.trim()
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(ConfigError::Invalid {
+                            name: "JOBS_MAX_RECEIVES",
+                            reason: format!("expected a positive count, got {raw:?}"),
+                        })?
+                }
+            },
             providers: ProviderSettings {
                 openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, "OPENAI_API_KEY"),
                 anthropic: endpoint(

@@ -49,6 +49,8 @@ pub enum RequestError {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotFoundDetail(String),
     #[error("Not found: {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("Method {method} not allowed on {path}")]
@@ -117,7 +119,9 @@ impl GatewayError {
                 | RequestError::MaxTokensAboveModel { .. } => StatusCode::BAD_REQUEST,
                 RequestError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 RequestError::Conflict(_) => StatusCode::CONFLICT,
-                RequestError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+                RequestError::RouteNotFound { .. } | RequestError::NotFoundDetail(_) => {
+                    StatusCode::NOT_FOUND
+                }
                 RequestError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             },
             GatewayError::Plan(e) => match e {

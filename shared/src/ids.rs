@@ -55,6 +55,10 @@ id_type!(
     PlanId
 );
 id_type!(
+    /// A background job.
+    JobId
+);
+id_type!(
     /// A model's public id, such as `gemini-1.5-flash`.
     ModelId
 );

@@ -7,6 +7,7 @@ use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::providers::Providers;
+use crate::queue::{Queue, SqsQueue};
 use crate::store::dynamo::DynamoStore;
 use crate::store::Stores;
 
@@ -19,6 +20,9 @@ pub struct AppState {
     pub providers: Providers,
     pub clock: Arc<dyn Clock>,
     pub request_retention: std::time::Duration,
+    /// Where job items are sent; `None` where jobs are not offered.
+    pub queue: Option<Queue>,
+    pub jobs_max_receives: u32,
 }
 
 /// Why a function could not start.
@@ -39,7 +43,15 @@ impl AppState {
             providers: Providers::new(&settings.providers)?,
             clock: Arc::new(SystemClock),
             request_retention: settings.request_retention,
+            queue: None,
+            jobs_max_receives: settings.jobs_max_receives,
         })
+    }
+
+    /// The same state sending jobs to `queue`.
+    pub fn with_queue(mut self, queue: Queue) -> AppState {
+        self.queue = Some(queue);
+        self
     }
 
     /// The same state on another clock: for tests at month and minute boundaries.
@@ -52,6 +64,10 @@ impl AppState {
     pub async fn from_env() -> Result<AppState, StartupError> {
         let settings = Settings::from_env()?;
         let store = DynamoStore::from_env(settings.require_table()?).await;
-        AppState::new(&settings, Stores::from(Arc::new(store)))
+        let mut state = AppState::new(&settings, Stores::from(Arc::new(store)))?;
+        if let Some(url) = &settings.jobs_queue_url {
+            state.queue = Some(Arc::new(SqsQueue::from_env(url.clone()).await));
+        }
+        Ok(state)
     }
 }

@@ -31,6 +31,8 @@ async fn state() -> AppState {
         token_ttl: Duration::from_secs(600),
         table_name: None,
         request_retention: Duration::from_secs(86_400),
+        jobs_queue_url: None,
+        jobs_max_receives: 3,
         providers: ProviderSettings {
             openai: endpoint(),
             anthropic: endpoint(),

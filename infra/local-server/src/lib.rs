@@ -43,6 +43,8 @@ pub struct Options {
     pub admin_token: Option<Secret>,
     /// The clock windows are counted by; the system clock when `None`.
     pub clock: Option<Arc<dyn gateway::clock::Clock>>,
+    /// How long a job item that must be retried waits (SQS's visibility timeout, locally).
+    pub job_retry_after: std::time::Duration,
 }
 
 /// A running gateway's shared state and the routes that serve it.
@@ -117,6 +119,16 @@ pub async fn build_with(mut settings: Settings, options: &Options) -> anyhow::Re
     if let Some(clock) = &options.clock {
         state = state.with_clock(clock.clone());
     }
+    // Jobs run in process, through the same worker code the SQS-triggered function runs.
+    let (queue, receiver) = gateway::queue::LocalQueue::new();
+    state = state.with_queue(Arc::new(queue.clone()));
+    tokio::spawn(gateway::jobs::run_local_worker(
+        state.clone(),
+        queue,
+        receiver,
+        state.jobs_max_receives,
+        options.job_retry_after,
+    ));
     Ok(router(state, options.admin_token.clone()))
 }
 

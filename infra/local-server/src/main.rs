@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         create_tables: args.create_tables,
         admin_token: args.admin_token.filter(|t| !t.is_empty()).map(Secret::new),
         clock: None,
+        job_retry_after: std::time::Duration::from_secs(5),
     };
     let router = local_server::build(&options).await?;
     let listener =

@@ -29,6 +29,8 @@ fn settings(request_timeout: Duration) -> Settings {
         token_ttl: Duration::from_secs(600),
         table_name: None,
         request_retention: Duration::from_secs(86_400),
+        jobs_queue_url: None,
+        jobs_max_receives: 3,
         providers: ProviderSettings {
             openai: endpoint("http://unused"),
             anthropic: endpoint("http://unused"),
@@ -54,6 +56,7 @@ async fn start_with(settings: Settings, admin: Option<&str>) -> Gateway {
         clock: Some(Arc::new(ManualClock::new(
             datetime!(2026-11-15 12:00:30 UTC),
         ))),
+        job_retry_after: Duration::from_millis(200),
     };
     let router = local_server::build_with(settings, &options)
         .await

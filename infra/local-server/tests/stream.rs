@@ -32,6 +32,8 @@ async fn start() -> Gateway {
         token_ttl: Duration::from_secs(600),
         table_name: None,
         request_retention: Duration::from_secs(86_400),
+        jobs_queue_url: None,
+        jobs_max_receives: 3,
         providers: ProviderSettings {
             openai: endpoint(),
             anthropic: endpoint(),
@@ -49,6 +51,7 @@ async fn start() -> Gateway {
         clock: Some(Arc::new(ManualClock::new(
             datetime!(2026-11-15 12:00:10 UTC),
         ))),
+        job_retry_after: Duration::from_millis(200),
     };
     let router = local_server::build_with(settings, &options)
         .await

@@ -119,3 +119,18 @@ pub fn query_param(request: &Request, name: &str) -> Option<String> {
         .into_iter()
         .find_map(|(k, v)| (k == name).then_some(v))
 }
+
+/// A path parameter: API Gateway's in Lambda, else the segment after `prefix/` in the URI.
+pub fn path_param(request: &Request, name: &str, prefix: &str) -> Option<String> {
+    use lambda_http::RequestExt;
+    if let Some(value) = request.path_parameters_ref().and_then(|p| p.first(name)) {
+        return Some(value.to_owned());
+    }
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?;
+    let segment = rest.trim_end_matches('/');
+    (!segment.is_empty() && !segment.contains('/')).then(|| segment.to_owned())
+}

@@ -18,7 +18,9 @@ use crate::chat::{self, ChatBody};
 use crate::clock;
 use crate::error::{AuthError, GatewayError, PlanError, RequestError};
 use crate::ids::{OrgId, UserId};
+use crate::jobs;
 use crate::limits;
+use crate::queue::JobMessage;
 use crate::state::AppState;
 use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
 use crate::usage;
@@ -391,6 +393,116 @@ async fn models_inner(state: &AppState, request: &Request) -> Result<HttpRespons
     ))
 }
 
+#[derive(Debug, Serialize)]
+struct Accepted {
+    id: crate::ids::JobId,
+    status: &'static str,
+    total: u64,
+}
+
+/// `POST /api/v1/ai/jobs` → 202 with the job id; the work is queued.
+pub async fn submit_job(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(submit_job_inner(state, &request).await))
+}
+
+async fn submit_job_inner(
+    state: &AppState,
+    request: &Request,
+) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let body: jobs::JobBody = json_body(request)?;
+    let queue = state
+        .queue
+        .as_ref()
+        .ok_or_else(|| GatewayError::Internal("JOBS_QUEUE_URL is not configured".into()))?;
+    let (job, items) =
+        jobs::prepare_job(state, &membership, &caller.user_id, body, state.clock.now())?;
+    state.stores.jobs.create_job(&job, &items).await?;
+    let messages: Vec<JobMessage> = items
+        .iter()
+        .map(|item| JobMessage {
+            job_id: job.id.clone(),
+            item_id: item.id.clone(),
+        })
+        .collect();
+    if let Err(err) = queue.enqueue(&messages).await {
+        tracing::error!(job_id = %job.id, error = %err, "a job could not be queued");
+        return Err(StoreError::Unavailable(err.to_string()).into());
+    }
+    tracing::info!(job_id = %job.id, org_id = %job.org, items = job.total, "job queued");
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            id: job.id,
+            status: "queued",
+            total: job.total,
+        },
+    ))
+}
+
+/// `GET /api/v1/ai/jobs/{id}` → the job, its progress and every item's result.
+pub async fn get_job(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(get_job_inner(state, &request).await))
+}
+
+async fn get_job_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let id = extract::path_param(request, "id", JOBS_PATH).unwrap_or_default();
+    let not_found = || RequestError::NotFoundDetail(format!("Job {id} not found"));
+    if id.is_empty() || id.len() > 64 {
+        return Err(not_found().into());
+    }
+    match state
+        .stores
+        .jobs
+        .job(&crate::ids::JobId::from(id.as_str()))
+        .await?
+    {
+        // Another org's job does not exist, as far as this caller can tell.
+        Some((job, items)) if job.org == membership.org.id => {
+            Ok(json(StatusCode::OK, &jobs::view(job, Some(items))))
+        }
+        _ => Err(not_found().into()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct JobList {
+    jobs: Vec<jobs::JobView>,
+    next: Option<String>,
+}
+
+/// `GET /api/v1/ai/jobs[?limit=N&after=<cursor>]` → the org's jobs, newest first.
+pub async fn list_jobs(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(list_jobs_inner(state, &request).await))
+}
+
+async fn list_jobs_inner(
+    state: &AppState,
+    request: &Request,
+) -> Result<HttpResponse, GatewayError> {
+    let caller = caller(state, request)?;
+    let membership = current_org(state, request, &caller).await?;
+    let limit = match extract::query_param(request, "limit") {
+        None => 20,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                RequestError::InvalidField(format!("limit: must be 1-100, got {raw:?}"))
+            })?,
+    };
+    let after = extract::query_param(request, "after");
+    let (jobs, next) = jobs::list(state, &membership.org.id, limit, after.as_deref()).await?;
+    Ok(json(StatusCode::OK, &JobList { jobs, next }))
+}
+
+/// The jobs collection; a job is `JOBS_PATH/{id}`.
+pub const JOBS_PATH: &str = "/api/v1/ai/jobs";
+
 /// The streaming route, served apart because its body is a stream.
 pub const STREAM_PATH: &str = "/api/v1/ai/chat/stream";
 
@@ -404,6 +516,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", STREAM_PATH),
     ("GET", "/api/v1/ai/models"),
     ("GET", "/api/v1/ai/usage"),
+    ("POST", JOBS_PATH),
+    ("GET", JOBS_PATH),
 ];
 
 /// Routes a request to its handler, as API Gateway does in AWS: for the local server and tests.
@@ -418,6 +532,9 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
         ("POST", "/api/v1/ai/chat") => chat(state, request).await,
         ("GET", "/api/v1/ai/models") => models(state, request).await,
         ("GET", "/api/v1/ai/usage") => usage(state, request).await,
+        ("POST", JOBS_PATH) => submit_job(state, request).await,
+        ("GET", JOBS_PATH) => list_jobs(state, request).await,
+        ("GET", p) if p.starts_with("/api/v1/ai/jobs/") => get_job(state, request).await,
         _ => {
             let known_path = ROUTES.iter().any(|(_, p)| *p == path);
             let error = if known_path && method != Method::OPTIONS {

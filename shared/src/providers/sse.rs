@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn decodes_named_multiline_events_with_any_line_ending() {
         let mut decoder = SseDecoder::new();
-        let events = decoder.push(b"event: ping\r\ndata: {}\r\n\r\n: keep-alive\n\ndata: a\ndata:  b\n\ndata: c\rdata: d\r\r");
+        let events = decoder.push(b"event: ping\r\ndata: {}\r\n\r\n: keep-alive\n\ndata: a\ndata:  b\n\ndata: c\rdata: d\r\r\n");
         assert_eq!(
             events,
             vec![

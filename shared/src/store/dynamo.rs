@@ -14,15 +14,19 @@
 //! | daily aggregate (`ai_usage`) | `DAILY#<org id>#<YYYY-MM>` | `<YYYY-MM-DD>#<model>` |
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation as op;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
+    KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -36,24 +40,159 @@ use crate::ids::{OrgId, PlanId, UserId};
 /// The attribute DynamoDB's TTL deletes items by (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
-/// The DynamoDB store over one table.
+/// The DynamoDB store over one table. Clones share one client and one [`StoreMetrics`].
 #[derive(Debug, Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    metrics: Arc<StoreMetrics>,
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+/// What this store has asked of DynamoDB since it was built: requests sent and the capacity units
+/// DynamoDB reported for them, so a benchmark can measure a request's cost rather than derive it.
+///
+/// A round trip is one `send()` of ours, counting every pass of our own retry loops (unprocessed
+/// batch keys, conflicting transactions); the SDK's internal retries of one `send()` are not seen.
+/// DynamoDB reports no capacity with an error, yet a refused conditional write still consumes
+/// write units: on refusal paths the units are a lower bound.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    round_trips: AtomicU64,
+    /// Capacity in thousandths of a unit: DynamoDB's units are multiples of 0.5, so nothing is lost.
+    read_milli_units: AtomicU64,
+    write_milli_units: AtomicU64,
+}
+
+/// A reading of [`StoreMetrics`]; subtract two to get what happened in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub round_trips: u64,
+    pub read_units: f64,
+    pub write_units: f64,
+}
+
+impl std::ops::Add for MetricsSnapshot {
+    type Output = MetricsSnapshot;
+    fn add(self, other: MetricsSnapshot) -> MetricsSnapshot {
+        MetricsSnapshot {
+            round_trips: self.round_trips + other.round_trips,
+            read_units: self.read_units + other.read_units,
+            write_units: self.write_units + other.write_units,
+        }
+    }
+}
+
+impl std::ops::Sub for MetricsSnapshot {
+    type Output = MetricsSnapshot;
+    fn sub(self, earlier: MetricsSnapshot) -> MetricsSnapshot {
+        MetricsSnapshot {
+            round_trips: self.round_trips.saturating_sub(earlier.round_trips),
+            read_units: self.read_units - earlier.read_units,
+            write_units: self.write_units - earlier.write_units,
+        }
+    }
+}
+
+/// Which units an operation consumes. DynamoDB's `TOTAL` answer may carry only `CapacityUnits`;
+/// then the operation says whether they were read or write units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Units {
+    Read,
+    Write,
+}
+
+impl StoreMetrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let units = |milli: &AtomicU64| milli.load(Ordering::Relaxed) as f64 / 1000.0;
+        MetricsSnapshot {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            read_units: units(&self.read_milli_units),
+            write_units: units(&self.write_milli_units),
+        }
+    }
+
+    /// Counts one round trip and the capacity its answer reports.
+    fn record(&self, units: Units, consumed: &[ConsumedCapacity]) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let milli = |value: Option<f64>| (value.unwrap_or(0.0) * 1000.0).round() as u64;
+        for c in consumed {
+            let (read, write) = match (c.read_capacity_units, c.write_capacity_units) {
+                (None, None) => match units {
+                    Units::Read => (c.capacity_units, None),
+                    Units::Write => (None, c.capacity_units),
+                },
+                split => split,
+            };
+            self.read_milli_units
+                .fetch_add(milli(read), Ordering::Relaxed);
+            self.write_milli_units
+                .fetch_add(milli(write), Ordering::Relaxed);
+        }
+    }
+}
+
+/// An operation's answer as metering sees it: the capacity DynamoDB says it consumed.
+trait ReportsCapacity {
+    fn consumed(&self) -> &[ConsumedCapacity];
+}
+
+macro_rules! reports_capacity {
+    (one: $($output:ty),*) => {$(
+        impl ReportsCapacity for $output {
+            fn consumed(&self) -> &[ConsumedCapacity] {
+                self.consumed_capacity().map(std::slice::from_ref).unwrap_or_default()
+            }
+        }
+    )*};
+    (per table: $($output:ty),*) => {$(
+        impl ReportsCapacity for $output {
+            fn consumed(&self) -> &[ConsumedCapacity] {
+                self.consumed_capacity()
+            }
+        }
+    )*};
+    (none: $($output:ty),*) => {$(
+        impl ReportsCapacity for $output {
+            fn consumed(&self) -> &[ConsumedCapacity] {
+                &[]
+            }
+        }
+    )*};
+}
+
+reports_capacity!(one: op::get_item::GetItemOutput, op::put_item::PutItemOutput,
+    op::update_item::UpdateItemOutput, op::query::QueryOutput);
+reports_capacity!(per table: op::batch_get_item::BatchGetItemOutput,
+    op::transact_write_items::TransactWriteItemsOutput);
+reports_capacity!(none: op::describe_table::DescribeTableOutput,
+    op::create_table::CreateTableOutput, op::update_time_to_live::UpdateTimeToLiveOutput);
+
+/// Records a sent request in [`StoreMetrics`]: `client.op()….send().await.metered(…)`.
+trait Metered {
+    fn metered(self, metrics: &StoreMetrics, units: Units) -> Self;
+}
+
+impl<T: ReportsCapacity, E> Metered for Result<T, E> {
+    fn metered(self, metrics: &StoreMetrics, units: Units) -> Self {
+        // An error carries no consumed capacity (not even a refused conditional write, which is
+        // charged): the round trip still counts.
+        let consumed = self.as_ref().map_or(&[][..], ReportsCapacity::consumed);
+        metrics.record(units, consumed);
+        self
+    }
+}
+
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn key(pk: String, sk: impl Into<String>) -> Item {
+pub(super) fn key(pk: String, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
-fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+pub(super) fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v),
         _ => Err(StoreError::Corrupt(format!(
@@ -62,7 +201,7 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     }
 }
 
-fn unavailable<E, R>(err: SdkError<E, R>) -> StoreError
+pub(super) fn unavailable<E, R>(err: SdkError<E, R>) -> StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -70,7 +209,7 @@ where
     StoreError::Unavailable(DisplayErrorContext(err).to_string())
 }
 
-fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+pub(super) fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::Corrupt(format!("request could not be built: {err}"))
 }
 
@@ -123,6 +262,7 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            metrics: Arc::default(),
         }
     }
 
@@ -141,6 +281,11 @@ impl DynamoStore {
         &self.table
     }
 
+    /// Round trips and capacity units of every request this store (and its clones) sent.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
     /// Creates the table (on-demand, TTL on `expires_at`) unless it exists. For local runs and
     /// tests; in AWS, template.yaml declares it.
     pub async fn create_table_if_missing(&self) -> Result<(), StoreError> {
@@ -149,7 +294,8 @@ impl DynamoStore {
             .describe_table()
             .table_name(&self.table)
             .send()
-            .await;
+            .await
+            .metered(&self.metrics, Units::Read);
         match exists {
             Ok(_) => return Ok(()),
             Err(err)
@@ -182,7 +328,8 @@ impl DynamoStore {
             .key_schema(key_element("pk", KeyType::Hash)?)
             .key_schema(key_element("sk", KeyType::Range)?)
             .send()
-            .await;
+            .await
+            .metered(&self.metrics, Units::Write);
         if let Err(err) = created {
             // Another process may have created it between our describe and create.
             if err.code() != Some("ResourceInUseException") {
@@ -201,6 +348,7 @@ impl DynamoStore {
             )
             .send()
             .await
+            .metered(&self.metrics, Units::Write)
             .map(|_| ())
             .or_else(|err| {
                 // Enabling TTL twice is refused; that is fine.
@@ -229,8 +377,10 @@ impl DynamoStore {
                     .client
                     .batch_get_item()
                     .request_items(&self.table, request)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
                     .await
+                    .metered(&self.metrics, Units::Read)
                     .map_err(unavailable)?;
                 if let Some(mut responses) = out.responses {
                     found.extend(responses.remove(&self.table).unwrap_or_default());
@@ -269,8 +419,10 @@ impl UserStore for DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
+            .metered(&self.metrics, Units::Write)
             .map(|_| ())
             .map_err(|err| {
                 if err
@@ -291,8 +443,10 @@ impl UserStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(format!("USER#{email}"), "PROFILE")))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
+            .metered(&self.metrics, Units::Read)
             .map_err(unavailable)?;
         out.item.as_ref().map(UserRecord::try_from).transpose()
     }
@@ -337,12 +491,18 @@ impl OrgStore for DynamoStore {
             .transact_items(put(slug)?)
             .transact_items(put(org_item(org))?)
             .transact_items(put(member)?)
-            .transact_items(put(listing)?);
+            .transact_items(put(listing)?)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         // A transaction that collides with another one in flight on the same slug is cancelled with
         // `TransactionConflict`; retried, it sees the winner's slug and reports the conflict.
         let mut attempt = 0u32;
         loop {
-            let Err(err) = request.clone().send().await else {
+            let sent = request
+                .clone()
+                .send()
+                .await
+                .metered(&self.metrics, Units::Write);
+            let Err(err) = sent else {
                 return Ok(());
             };
             let reasons: Vec<String> = match err.as_service_error() {
@@ -376,8 +536,10 @@ impl OrgStore for DynamoStore {
                 .key_condition_expression("pk = :pk")
                 .expression_attribute_values(":pk", s(format!("USER_ORGS#{user}")))
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
+                .metered(&self.metrics, Units::Read)
                 .map_err(unavailable)?;
             listings.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
@@ -437,8 +599,10 @@ impl OrgStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_names("#plan", "plan")
             .expression_attribute_values(":plan", s(plan.as_str()))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
+            .metered(&self.metrics, Units::Write)
             .map(|_| ())
             .map_err(|err| {
                 if err
@@ -453,11 +617,11 @@ impl OrgStore for DynamoStore {
     }
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(super) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn get_u64(item: &Item, name: &str) -> Result<u64, StoreError> {
+pub(super) fn get_u64(item: &Item, name: &str) -> Result<u64, StoreError> {
     match item.get(name) {
         None => Ok(0),
         Some(AttributeValue::N(v)) => v
@@ -574,7 +738,7 @@ fn is_condition_failure<E: ProvideErrorMetadata>(err: &E) -> bool {
 }
 
 /// Cancellation reasons of a cancelled transaction, one per item (`None` where the item was fine).
-fn cancellation_codes<R>(
+pub(super) fn cancellation_codes<R>(
     err: &SdkError<TransactWriteItemsError, R>,
 ) -> Option<Vec<Option<String>>> {
     match err.as_service_error() {
@@ -596,8 +760,10 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(format!("MONTH#{org}#{month}"), "MONTH")))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
+            .metered(&self.metrics, Units::Read)
             .map_err(unavailable)?;
         out.item
             .as_ref()
@@ -618,8 +784,10 @@ impl DynamoStore {
                 .expression_attribute_values(":pk", s(pk.as_str()))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
+                .metered(&self.metrics, Units::Read)
                 .map_err(unavailable)?;
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
@@ -639,8 +807,10 @@ impl DynamoStore {
             .condition_expression("requests > :zero")
             .expression_attribute_values(":minus_one", n(-1))
             .expression_attribute_values(":zero", n(0))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
+            .metered(&self.metrics, Units::Write)
             .map(|_| ())
             .or_else(|err| {
                 if err.as_service_error().is_some_and(is_condition_failure) {
@@ -668,8 +838,10 @@ impl MeterStore for DynamoStore {
             .expression_attribute_values(":limit", n(a.requests_per_minute))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await;
+            .await
+            .metered(&self.metrics, Units::Write);
         let requests_in_window = match rate {
             Ok(out) => get_u64(&out.attributes.unwrap_or_default(), "requests")?,
             Err(err) => {
@@ -716,7 +888,8 @@ impl MeterStore for DynamoStore {
                 ])),
             )
             .expression_attribute_values(":ttl", n(a.month_expires_at))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
         if let Some(limit) = a.messages_limit {
             conditions.push("(attribute_not_exists(messages) OR messages < :messages_limit)");
             request = request.expression_attribute_values(":messages_limit", n(limit));
@@ -729,7 +902,7 @@ impl MeterStore for DynamoStore {
         if !conditions.is_empty() {
             request = request.condition_expression(conditions.join(" AND "));
         }
-        match request.send().await {
+        match request.send().await.metered(&self.metrics, Units::Write) {
             Ok(_) => Ok(AdmitOutcome::Admitted { requests_in_window }),
             Err(err) => {
                 let old = match err.as_service_error() {
@@ -846,11 +1019,12 @@ impl MeterStore for DynamoStore {
                 .client
                 .transact_write_items()
                 .transact_items(month_update(with_hold)?)
-                .transact_items(record_put.clone());
+                .transact_items(record_put.clone())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
             if let Some(daily) = &daily {
                 request = request.transact_items(daily.clone());
             }
-            let Err(err) = request.send().await else {
+            let Err(err) = request.send().await.metered(&self.metrics, Units::Write) else {
                 return Ok(());
             };
             let codes = cancellation_codes(&err).unwrap_or_default();
@@ -896,5 +1070,61 @@ impl MeterStore for DynamoStore {
             .iter()
             .map(RequestRecord::try_from)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(total: f64, read: Option<f64>, write: Option<f64>) -> ConsumedCapacity {
+        ConsumedCapacity::builder()
+            .table_name("t")
+            .capacity_units(total)
+            .set_read_capacity_units(read)
+            .set_write_capacity_units(write)
+            .build()
+    }
+
+    #[test]
+    fn a_bare_total_counts_as_the_operations_kind_of_units() {
+        // GIVEN answers that report only CapacityUnits, as DynamoDB's TOTAL may
+        let metrics = StoreMetrics::default();
+        // WHEN a read and a write are recorded
+        metrics.record(Units::Read, &[capacity(0.5, None, None)]);
+        metrics.record(Units::Write, &[capacity(2.0, None, None)]);
+        // THEN each lands on its side
+        let want = MetricsSnapshot {
+            round_trips: 2,
+            read_units: 0.5,
+            write_units: 2.0,
+        };
+        assert_eq!(metrics.snapshot(), want);
+    }
+
+    #[test]
+    fn a_reported_split_wins_over_the_operations_kind() {
+        // GIVEN a write whose answer splits its units (a transaction with a condition check)
+        let metrics = StoreMetrics::default();
+        let split = [capacity(3.0, Some(1.0), Some(2.0))];
+        // WHEN it is recorded
+        metrics.record(Units::Write, &split);
+        // THEN the split is kept as reported
+        assert_eq!(metrics.snapshot().read_units, 1.0);
+        assert_eq!(metrics.snapshot().write_units, 2.0);
+    }
+
+    #[test]
+    fn a_failed_request_is_a_round_trip_without_units() {
+        // GIVEN a request that failed (errors carry no consumed capacity)
+        let metrics = StoreMetrics::default();
+        let before = metrics.snapshot();
+        let failed: Result<op::put_item::PutItemOutput, &str> = Err("refused");
+        // WHEN it is metered
+        let _ = failed.metered(&metrics, Units::Write);
+        // THEN it counts once and consumes nothing we can see
+        let delta = metrics.snapshot() - before;
+        assert_eq!(delta.round_trips, 1);
+        assert_eq!(delta.write_units, 0.0);
     }
 }

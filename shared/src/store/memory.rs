@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Admission, AdmitOutcome, DailyUsage, Membership, MeterStore, MonthCounter, OrgAccess,
-    OrgRecord, OrgStore, Outcome, RequestRecord, Role, Settlement, StoreError, UserRecord,
-    UserStore,
+    Admission, AdmitOutcome, DailyUsage, ItemStatus, JobItem, JobPage, JobRecord, JobStore,
+    Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, Outcome, RequestRecord,
+    Role, Settlement, StoreError, UserRecord, UserStore,
 };
-use crate::ids::{OrgId, PlanId, UserId};
+use crate::ids::{JobId, OrgId, PlanId, UserId};
 
 #[derive(Default)]
 struct Inner {
@@ -26,6 +26,7 @@ struct Inner {
     requests: HashMap<(OrgId, String), BTreeMap<String, RequestRecord>>,
     daily: HashMap<(OrgId, String), BTreeMap<(String, String), DailyUsage>>,
     settled: HashSet<String>,
+    jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
 }
 
 /// One lock over everything: each operation is one critical section, like one DynamoDB
@@ -228,5 +229,128 @@ impl MeterStore for MemoryStore {
             .get(&(org.clone(), month.to_owned()))
             .map(|records| records.values().cloned().collect())
             .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.jobs.contains_key(&job.id) {
+            return Err(StoreError::Conflict("job"));
+        }
+        let items = items.iter().map(|i| (i.id.clone(), i.clone())).collect();
+        inner.jobs.insert(job.id.clone(), (job.clone(), items));
+        Ok(())
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<(JobRecord, Vec<JobItem>)>, StoreError> {
+        Ok(self
+            .lock()
+            .jobs
+            .get(id)
+            .map(|(job, items)| (job.clone(), items.values().cloned().collect())))
+    }
+
+    async fn item(&self, job: &JobId, item: &str) -> Result<Option<JobItem>, StoreError> {
+        Ok(self
+            .lock()
+            .jobs
+            .get(job)
+            .and_then(|(_, items)| items.get(item).cloned()))
+    }
+
+    async fn jobs_of(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<JobPage, StoreError> {
+        let inner = self.lock();
+        let mut jobs: Vec<JobRecord> = inner
+            .jobs
+            .values()
+            .rev()
+            .map(|(job, _)| job)
+            .filter(|job| &job.org == org)
+            .filter(|job| after.is_none_or(|a| job.id.as_str() < a))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = (jobs.len() > limit).then(|| {
+            jobs.truncate(limit);
+            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+        });
+        Ok(JobPage { jobs, next })
+    }
+
+    async fn claim_item(
+        &self,
+        job: &JobId,
+        item: &str,
+        attempt: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner
+            .jobs
+            .get_mut(job)
+            .and_then(|(_, items)| items.get_mut(item))
+        else {
+            return Err(StoreError::NotFound("job item"));
+        };
+        let free =
+            !entry.status.is_final() && entry.claim.as_ref().is_none_or(|(_, exp)| *exp < now);
+        if free {
+            entry.status = ItemStatus::Running;
+            entry.claim = Some((attempt.to_owned(), until));
+        }
+        Ok(free)
+    }
+
+    async fn release_item(&self, job: &JobId, item: &str, attempt: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(entry) = inner
+            .jobs
+            .get_mut(job)
+            .and_then(|(_, items)| items.get_mut(item))
+        {
+            if entry.claim.as_ref().is_some_and(|(a, _)| a == attempt) && !entry.status.is_final() {
+                entry.claim = None;
+                entry.status = ItemStatus::Queued;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_item(
+        &self,
+        job: &JobId,
+        item: &str,
+        attempt: &str,
+        status: ItemStatus,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some((record, items)) = inner.jobs.get_mut(job) else {
+            return Err(StoreError::NotFound("job"));
+        };
+        let Some(entry) = items.get_mut(item) else {
+            return Err(StoreError::NotFound("job item"));
+        };
+        if entry.status.is_final() || entry.claim.as_ref().is_none_or(|(a, _)| a != attempt) {
+            return Ok(false);
+        }
+        entry.status = status;
+        entry.result = result.map(str::to_owned);
+        entry.error = error.map(str::to_owned);
+        entry.claim = None;
+        match status {
+            ItemStatus::Succeeded => record.succeeded += 1,
+            _ => record.failed += 1,
+        }
+        Ok(true)
     }
 }

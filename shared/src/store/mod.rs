@@ -3,6 +3,7 @@
 //! The business layer makes ids and timestamps; a store writes what it is given.
 
 pub mod dynamo;
+mod dynamo_jobs;
 pub mod memory;
 
 use std::sync::Arc;
@@ -258,8 +259,8 @@ pub trait MeterStore: Send + Sync {
 }
 
 /// Everything the gateway stores, as one object behind each narrow trait.
-pub trait Store: UserStore + OrgStore + MeterStore {}
-impl<T: UserStore + OrgStore + MeterStore> Store for T {}
+pub trait Store: UserStore + OrgStore + MeterStore + JobStore {}
+impl<T: UserStore + OrgStore + MeterStore + JobStore> Store for T {}
 
 /// The store handles the application holds: the same object seen through each trait.
 #[derive(Clone)]
@@ -267,6 +268,7 @@ pub struct Stores {
     pub users: Arc<dyn UserStore>,
     pub orgs: Arc<dyn OrgStore>,
     pub meter: Arc<dyn MeterStore>,
+    pub jobs: Arc<dyn JobStore>,
 }
 
 impl Stores {
@@ -274,7 +276,130 @@ impl Stores {
         Stores {
             users: store.clone(),
             orgs: store.clone(),
-            meter: store,
+            meter: store.clone(),
+            jobs: store,
         }
     }
+}
+
+/// Where a job item stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl ItemStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Queued => "queued",
+            ItemStatus::Running => "running",
+            ItemStatus::Succeeded => "succeeded",
+            ItemStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ItemStatus> {
+        Some(match s {
+            "queued" => ItemStatus::Queued,
+            "running" => ItemStatus::Running,
+            "succeeded" => ItemStatus::Succeeded,
+            "failed" => ItemStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, ItemStatus::Succeeded | ItemStatus::Failed)
+    }
+}
+
+/// A stored job: one chat or a batch of chats on one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: crate::ids::JobId,
+    pub org: OrgId,
+    pub user: UserId,
+    pub model: String,
+    /// The request options every item shares, as JSON (`max_tokens`, `temperature`).
+    pub options: String,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub created_at: String,
+}
+
+/// One chat of a job, with its outcome once it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobItem {
+    pub id: String,
+    /// The item's messages, as JSON.
+    pub messages: String,
+    pub status: ItemStatus,
+    /// The answer (as JSON: message, usage, cost, finish_reason) once succeeded.
+    pub result: Option<String>,
+    pub error: Option<String>,
+    /// The worker attempt holding the item, and until when (epoch seconds).
+    pub claim: Option<(String, i64)>,
+}
+
+/// A page of an org's jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Pass back to get the next page.
+    pub next: Option<String>,
+}
+
+/// Jobs and their items.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a job and all its items (queued).
+    async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError>;
+    async fn job(
+        &self,
+        id: &crate::ids::JobId,
+    ) -> Result<Option<(JobRecord, Vec<JobItem>)>, StoreError>;
+    async fn item(
+        &self,
+        job: &crate::ids::JobId,
+        item: &str,
+    ) -> Result<Option<JobItem>, StoreError>;
+    async fn jobs_of(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<JobPage, StoreError>;
+    /// Claims a queued (or abandoned running) item for one attempt; false if it is finished or
+    /// another attempt holds it.
+    async fn claim_item(
+        &self,
+        job: &crate::ids::JobId,
+        item: &str,
+        attempt: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives a claim back (the item waits for its message to come back).
+    async fn release_item(
+        &self,
+        job: &crate::ids::JobId,
+        item: &str,
+        attempt: &str,
+    ) -> Result<(), StoreError>;
+    /// Finishes an item the attempt holds, counting it on the job; false if the attempt no longer
+    /// holds it (nothing written).
+    async fn finish_item(
+        &self,
+        job: &crate::ids::JobId,
+        item: &str,
+        attempt: &str,
+        status: ItemStatus,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError>;
 }

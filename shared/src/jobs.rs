@@ -1,0 +1,535 @@
+//! Background and batch jobs: a long chat or a batch of chats on one model, accepted at once and
+//! answered by a queue-triggered worker under the same plan checks, limits and metering as `/chat`.
+//! Delivery is at least once, so every step is idempotent: a conditional claim stops two attempts
+//! from working one item, and a finished item is never answered or charged again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{self, ChatBody, InputMessage};
+use crate::clock;
+use crate::error::{GatewayError, LimitError, RequestError};
+use crate::ids::{JobId, OrgId, UserId};
+use crate::limits;
+use crate::queue::{JobMessage, LocalQueue};
+use crate::state::AppState;
+use crate::store::{ItemStatus, JobItem, JobRecord, Membership, OrgAccess};
+use crate::usage;
+
+/// The most chats one batch may hold.
+pub const MAX_ITEMS: usize = 50;
+/// How long one attempt holds an item: longer than the worker's timeout, so a live attempt is
+/// never overtaken, short enough that a crashed one is retried.
+pub const CLAIM_SECONDS: i64 = 120;
+
+/// The body of `POST /api/v1/ai/jobs`: one chat (`messages`) or a batch (`items`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    pub model: Option<String>,
+    pub messages: Option<Vec<InputMessage>>,
+    pub items: Option<Vec<ItemBody>>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemBody {
+    pub id: String,
+    pub messages: Vec<InputMessage>,
+}
+
+/// The options every item of a job shares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Options {
+    temperature: Option<f64>,
+    max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredMessage {
+    role: String,
+    content: String,
+}
+
+fn invalid(text: String) -> GatewayError {
+    RequestError::InvalidField(text).into()
+}
+
+/// Validates a submission against the plan (every item as `/chat` would check it) and builds the
+/// job and its items.
+pub fn prepare_job(
+    state: &AppState,
+    membership: &Membership,
+    user: &UserId,
+    body: JobBody,
+    now: time::OffsetDateTime,
+) -> Result<(JobRecord, Vec<JobItem>), GatewayError> {
+    let plan = state
+        .catalog
+        .plan(&membership.org.plan)
+        .ok_or_else(|| GatewayError::Internal("unknown plan".into()))?;
+    let items: Vec<ItemBody> = match (body.messages, body.items) {
+        (Some(messages), None) => vec![ItemBody {
+            id: "chat".to_owned(),
+            messages,
+        }],
+        (None, Some(items)) => items,
+        _ => {
+            return Err(invalid(
+                "body: give either `messages` (one chat) or `items` (a batch), not both".into(),
+            ))
+        }
+    };
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(invalid(format!(
+            "items: must hold between 1 and {MAX_ITEMS} chats, got {}",
+            items.len()
+        )));
+    }
+    let model = body
+        .model
+        .unwrap_or_else(|| state.catalog.default_model.to_string());
+    let mut seen = HashSet::new();
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let valid_id = !item.id.is_empty()
+            && item.id.len() <= 64
+            && item
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !valid_id {
+            return Err(invalid(format!(
+                "items[{i}].id: must be 1-64 letters, digits, '-', '_', '.' or ':'"
+            )));
+        }
+        if !seen.insert(item.id.clone()) {
+            return Err(invalid(format!(
+                "items[{i}].id: {:?} is not unique",
+                item.id
+            )));
+        }
+        let stored: Vec<StoredMessage> = item
+            .messages
+            .iter()
+            .map(|m| StoredMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        // The same checks as /chat, now, so a bad batch is refused before anything is queued.
+        chat::prepare(
+            &state.catalog,
+            plan,
+            ChatBody {
+                messages: item.messages,
+                model: Some(model.clone()),
+                temperature: body.temperature,
+                max_tokens: body.max_tokens,
+                stream: None,
+            },
+        )
+        .map_err(|e| match e {
+            GatewayError::Request(RequestError::InvalidField(text)) => {
+                invalid(format!("items[{i}].{text}"))
+            }
+            other => other,
+        })?;
+        records.push(JobItem {
+            id: item.id,
+            messages: serde_json::to_string(&stored)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?,
+            status: ItemStatus::Queued,
+            result: None,
+            error: None,
+            claim: None,
+        });
+    }
+    let options = Options {
+        temperature: body.temperature,
+        max_tokens: body.max_tokens,
+    };
+    let job = JobRecord {
+        id: JobId::from(uuid::Uuid::now_v7().to_string()),
+        org: membership.org.id.clone(),
+        user: user.clone(),
+        model,
+        options: serde_json::to_string(&options)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        total: records.len() as u64,
+        succeeded: 0,
+        failed: 0,
+        created_at: clock::rfc3339(now),
+    };
+    Ok((job, records))
+}
+
+/// A job as its org's members see it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub status: &'static str,
+    pub model: String,
+    pub created_at: String,
+    pub progress: Progress,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<ItemView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemView {
+    pub id: String,
+    pub status: ItemStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn job_status(job: &JobRecord, started: bool) -> &'static str {
+    let done = job.succeeded + job.failed;
+    match () {
+        _ if done >= job.total && job.failed == 0 => "succeeded",
+        _ if done >= job.total && job.succeeded == 0 => "failed",
+        _ if done >= job.total => "partially_failed",
+        _ if done > 0 || started => "running",
+        _ => "queued",
+    }
+}
+
+pub fn view(job: JobRecord, items: Option<Vec<JobItem>>) -> JobView {
+    let started = items
+        .as_ref()
+        .is_some_and(|items| items.iter().any(|i| i.status != ItemStatus::Queued));
+    JobView {
+        id: job.id.clone(),
+        status: job_status(&job, started),
+        model: job.model.clone(),
+        created_at: job.created_at.clone(),
+        progress: Progress {
+            done: job.succeeded + job.failed,
+            total: job.total,
+            succeeded: job.succeeded,
+            failed: job.failed,
+        },
+        items: items.map(|items| {
+            items
+                .into_iter()
+                .map(|i| ItemView {
+                    id: i.id,
+                    status: i.status,
+                    result: i.result.and_then(|r| serde_json::from_str(&r).ok()),
+                    error: i.error,
+                })
+                .collect()
+        }),
+    }
+}
+
+/// What to do with a message after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Finished (or already finished): delete the message.
+    Done,
+    /// Let the message come back later, for this reason.
+    Retry(String),
+}
+
+/// Works one item. Never answers or charges an item twice: finished items are skipped, and only
+/// the attempt holding the item's claim may finish it.
+pub async fn process(
+    state: &AppState,
+    message: &JobMessage,
+    receive_count: u32,
+    max_receives: u32,
+) -> Disposition {
+    let disposition = match attempt(state, message).await {
+        Ok(d) => d,
+        Err(err) => Disposition::Retry(err.detail()),
+    };
+    if let Disposition::Retry(reason) = &disposition {
+        if receive_count >= max_receives {
+            // The last delivery: the item is failed with the reason; the message goes to the DLQ.
+            fail_for_good(state, message, reason).await;
+        }
+    }
+    disposition
+}
+
+async fn fail_for_good(state: &AppState, message: &JobMessage, reason: &str) {
+    let jobs = state.stores.jobs.as_ref();
+    let attempt = uuid::Uuid::now_v7().to_string();
+    let now = state.clock.now().unix_timestamp();
+    let reason = format!("gave up after repeated failures: {reason}");
+    let claimed = jobs
+        .claim_item(
+            &message.job_id,
+            &message.item_id,
+            &attempt,
+            now,
+            now + CLAIM_SECONDS,
+        )
+        .await;
+    if let Ok(true) = claimed {
+        let _ = jobs
+            .finish_item(
+                &message.job_id,
+                &message.item_id,
+                &attempt,
+                ItemStatus::Failed,
+                None,
+                Some(&reason),
+            )
+            .await;
+    }
+    tracing::warn!(job_id = %message.job_id, item_id = %message.item_id, %reason, "job item failed for good");
+}
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    message: String,
+    model: String,
+    usage: chat::UsageBody,
+    finish_reason: crate::providers::FinishReason,
+    /// US cents.
+    cost: f64,
+}
+
+async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, GatewayError> {
+    let jobs = state.stores.jobs.as_ref();
+    let Some(item) = jobs.item(&message.job_id, &message.item_id).await? else {
+        return Ok(Disposition::Retry(format!(
+            "job {} has no item {}",
+            message.job_id, message.item_id
+        )));
+    };
+    if item.status.is_final() {
+        return Ok(Disposition::Done); // A redelivery of a finished item.
+    }
+    let Some((job, _)) = jobs.job(&message.job_id).await? else {
+        return Ok(Disposition::Retry(format!(
+            "job {} not found",
+            message.job_id
+        )));
+    };
+    let now = state.clock.now();
+    let attempt = uuid::Uuid::now_v7().to_string();
+    let unix = now.unix_timestamp();
+    if !jobs
+        .claim_item(&job.id, &item.id, &attempt, unix, unix + CLAIM_SECONDS)
+        .await?
+    {
+        return Ok(Disposition::Retry("another attempt holds the item".into()));
+    }
+    let finish = |status, result: Option<String>, error: Option<String>| {
+        let (job_id, item_id, attempt) = (job.id.clone(), item.id.clone(), attempt.clone());
+        async move {
+            jobs.finish_item(
+                &job_id,
+                &item_id,
+                &attempt,
+                status,
+                result.as_deref(),
+                error.as_deref(),
+            )
+            .await
+        }
+    };
+    let release = || jobs.release_item(&job.id, &item.id, &attempt);
+
+    let membership = match state.stores.orgs.org_access(&job.org, &job.user).await? {
+        OrgAccess::Member(m) => m,
+        _ => {
+            finish(
+                ItemStatus::Failed,
+                None,
+                Some("the submitter is no longer a member of the organization".into()),
+            )
+            .await?;
+            return Ok(Disposition::Done);
+        }
+    };
+    let Some(plan) = state.catalog.plan(&membership.org.plan) else {
+        release().await?;
+        return Ok(Disposition::Retry(
+            "the organization's plan is not configured".into(),
+        ));
+    };
+    let options: Options = serde_json::from_str(&job.options).unwrap_or_default();
+    let messages: Vec<StoredMessage> = serde_json::from_str(&item.messages)
+        .map_err(|e| GatewayError::Internal(format!("stored messages unreadable: {e}")))?;
+    let body = ChatBody {
+        messages: messages
+            .into_iter()
+            .map(|m| InputMessage {
+                role: m.role,
+                content: m.content,
+            })
+            .collect(),
+        model: Some(job.model.clone()),
+        temperature: options.temperature,
+        max_tokens: options.max_tokens,
+        stream: None,
+    };
+    // The plan may have changed since the job was accepted: check again.
+    let mut prepared = match chat::prepare(&state.catalog, plan, body) {
+        Ok(p) => p,
+        Err(err) => {
+            finish(ItemStatus::Failed, None, Some(err.detail())).await?;
+            return Ok(Disposition::Done);
+        }
+    };
+    let meter = state.stores.meter.as_ref();
+    let ticket = match limits::admit(meter, now, &job.org, plan, &prepared).await {
+        Ok(ticket) => ticket,
+        Err(GatewayError::Limit(LimitError::RateLimited { .. })) => {
+            // The minute is full: the item waits for its message to come back.
+            release().await?;
+            return Ok(Disposition::Retry(
+                "rate limited; waiting for the next window".into(),
+            ));
+        }
+        Err(err @ GatewayError::Limit(LimitError::MonthlyExceeded)) => {
+            finish(ItemStatus::Failed, None, Some(err.detail())).await?;
+            return Ok(Disposition::Done);
+        }
+        Err(err) => {
+            release().await?;
+            return Err(err);
+        }
+    };
+    prepared.request.max_tokens = ticket.max_tokens;
+    let started = std::time::Instant::now();
+    let answer = chat::answer(&state.providers, &prepared).await;
+    let settlement = usage::settlement(
+        &ticket,
+        &job.org,
+        &job.user,
+        &prepared.model,
+        answer.as_ref().map(|a| a.usage),
+        started.elapsed(),
+        state.clock.now(),
+        state.request_retention,
+    );
+    usage::settle(meter, &settlement).await;
+    match answer {
+        Ok(response) => {
+            let cost = prepared
+                .model
+                .cost(response.usage.input_tokens, response.usage.output_tokens)
+                .as_cents();
+            let result = ItemResult {
+                message: response.text,
+                model: prepared.model.id.to_string(),
+                usage: response.usage.into(),
+                finish_reason: response.finish_reason,
+                cost,
+            };
+            let json = serde_json::to_string(&result)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            finish(ItemStatus::Succeeded, Some(json), None).await?;
+            Ok(Disposition::Done)
+        }
+        Err(err) => {
+            release().await?;
+            Ok(Disposition::Retry(err.to_string()))
+        }
+    }
+}
+
+/// The SQS-triggered worker: each message is its own future; only the failed ones are reported,
+/// so SQS redelivers just those (the event source mapping needs `ReportBatchItemFailures`).
+pub async fn handle_batch(
+    state: &AppState,
+    event: SqsEvent,
+    max_receives: u32,
+) -> SqsBatchResponse {
+    let work = event.records.into_iter().map(|record| async move {
+        let id = record.message_id.clone().unwrap_or_default();
+        let receives = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1);
+        let parsed = record
+            .body
+            .as_deref()
+            .map(serde_json::from_str::<JobMessage>);
+        let disposition = match parsed {
+            Some(Ok(message)) => process(state, &message, receives, max_receives).await,
+            Some(Err(e)) => Disposition::Retry(format!("unreadable message: {e}")),
+            None => Disposition::Retry("empty message".into()),
+        };
+        if let Disposition::Retry(reason) = &disposition {
+            tracing::info!(message_id = %id, receives, %reason, "job message will be retried");
+        }
+        (id, disposition)
+    });
+    let mut response = SqsBatchResponse::default();
+    for (id, disposition) in futures::future::join_all(work).await {
+        if disposition != Disposition::Done {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    response
+}
+
+/// The local server's worker: the same `process`, fed by an in-process queue; a retried message
+/// comes back after `retry_after`, as SQS's visibility timeout would bring it back.
+pub async fn run_local_worker(
+    state: AppState,
+    queue: LocalQueue,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<JobMessage>,
+    max_receives: u32,
+    retry_after: Duration,
+) {
+    let receives =
+        std::sync::Arc::new(std::sync::Mutex::new(HashMap::<(JobId, String), u32>::new()));
+    while let Some(message) = receiver.recv().await {
+        let (state, queue, receives) = (state.clone(), queue.clone(), receives.clone());
+        tokio::spawn(async move {
+            let key = (message.job_id.clone(), message.item_id.clone());
+            let count = {
+                let mut map = receives.lock().unwrap_or_else(|p| p.into_inner());
+                let count = map.entry(key.clone()).or_insert(0);
+                *count += 1;
+                *count
+            };
+            if let Disposition::Retry(_) = process(&state, &message, count, max_receives).await {
+                if count < max_receives {
+                    tokio::time::sleep(retry_after).await;
+                    let _ = crate::queue::JobQueue::enqueue(&queue, &[message]).await;
+                }
+            }
+        });
+    }
+}
+
+/// Pages through an org's jobs.
+pub async fn list(
+    state: &AppState,
+    org: &OrgId,
+    limit: usize,
+    after: Option<&str>,
+) -> Result<(Vec<JobView>, Option<String>), GatewayError> {
+    let page = state.stores.jobs.jobs_of(org, limit, after).await?;
+    Ok((
+        page.jobs.into_iter().map(|job| view(job, None)).collect(),
+        page.next,
+    ))
+}
