@@ -42,7 +42,12 @@ async fn state() -> AppState {
         },
         catalog: Catalog::builtin(),
     };
-    AppState::new(&settings, Stores::from(Arc::new(MemoryStore::new()))).expect("state")
+    let (queue, receiver) = gateway::queue::LocalQueue::new();
+    // Kept open and never read: the test delivers the messages itself, as SQS events.
+    std::mem::forget(receiver);
+    AppState::new(&settings, Stores::from(Arc::new(MemoryStore::new())))
+        .expect("state")
+        .with_queue(Arc::new(queue))
 }
 
 fn event(json: &str, token: &str, org: &str) -> lambda_http::Request {
@@ -132,6 +137,46 @@ async fn every_sample_event_is_answered_by_its_function() {
     .expect("handler");
     assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
     assert_eq!(body(&response)["month"], "2026-10");
+
+    // AND a batch job is accepted, worked from its SQS event, and polled
+    let response = gateway::api::submit_job(
+        &state,
+        event(include_str!("../../events/jobs-submit.json"), &token, &org),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "{:?}",
+        body(&response)
+    );
+    let job = body(&response)["id"].as_str().expect("job id").to_owned();
+    let worker_event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_str(
+        &include_str!("../../events/jobs-worker.json").replace("REPLACE_WITH_JOB_ID", &job),
+    )
+    .expect("an SQS event");
+    let outcome = gateway::jobs::handle_batch(&state, worker_event, 3).await;
+    // The job item is answered; the poison message is reported back for redelivery.
+    let failed: Vec<&str> = outcome
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"]);
+    let get = include_str!("../../events/jobs-get.json").replace("REPLACE_WITH_JOB_ID", &job);
+    let response = gateway::api::get_job(&state, event(&get, &token, &org))
+        .await
+        .expect("handler");
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
+    assert_eq!(body(&response)["progress"]["succeeded"], 1);
+    let response = gateway::api::list_jobs(
+        &state,
+        event(include_str!("../../events/jobs-list.json"), &token, &org),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(body(&response)["jobs"][0]["id"], job.as_str());
 
     // AND the placeholders alone are refused, not crashed on
     let response = gateway::api::chat(
