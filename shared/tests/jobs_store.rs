@@ -1,0 +1,219 @@
+//! The job store contract, on the in-memory store and DynamoDB Local alike.
+
+mod common;
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use gateway::ids::{JobId, OrgId, UserId};
+use gateway::store::memory::MemoryStore;
+use gateway::store::{ItemStatus, JobItem, JobRecord, Store};
+
+fn job(org: &OrgId, n: usize) -> (JobRecord, Vec<JobItem>) {
+    let items: Vec<JobItem> = (0..n)
+        .map(|i| JobItem {
+            id: format!("item-{i}"),
+            messages: r#"[{"role":"user","content":"hi"}]"#.to_owned(),
+            status: ItemStatus::Queued,
+            result: None,
+            error: None,
+            claim: None,
+        })
+        .collect();
+    let record = JobRecord {
+        id: JobId::from(uuid::Uuid::now_v7().to_string()),
+        org: org.clone(),
+        user: UserId::generate(),
+        model: "gemini-1.5-flash".to_owned(),
+        options: "{}".to_owned(),
+        total: n as u64,
+        succeeded: 0,
+        failed: 0,
+        created_at: "2026-11-15T12:00:00Z".to_owned(),
+    };
+    (record, items)
+}
+
+async fn stores_and_reads_a_job_whole(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let (record, items) = job(&org, 3);
+    store.create_job(&record, &items).await.expect("create");
+    let (read, read_items) = store.job(&record.id).await.expect("read").expect("found");
+    assert_eq!(read, record);
+    assert_eq!(read_items, items);
+    assert!(store
+        .job(&JobId::from("nope"))
+        .await
+        .expect("read")
+        .is_none());
+}
+
+async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let (record, items) = job(&org, 1);
+    store.create_job(&record, &items).await.expect("create");
+    // GIVEN ten attempts racing for one item
+    let claims = join_all((0..10).map(|i| {
+        let store = store.clone();
+        let id = record.id.clone();
+        async move {
+            let attempt = format!("attempt-{i}");
+            let won = store
+                .claim_item(&id, "item-0", &attempt, 1_000, 1_120)
+                .await
+                .expect("claim");
+            (attempt, won)
+        }
+    }))
+    .await;
+    // THEN exactly one holds it
+    let winners: Vec<&String> = claims
+        .iter()
+        .filter(|(_, won)| *won)
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(winners.len(), 1);
+    let winner = winners[0].clone();
+    // AND only the holder may finish it, once
+    assert!(!store
+        .finish_item(
+            &record.id,
+            "item-0",
+            "intruder",
+            ItemStatus::Succeeded,
+            Some("{}"),
+            None
+        )
+        .await
+        .expect("finish"));
+    assert!(store
+        .finish_item(
+            &record.id,
+            "item-0",
+            &winner,
+            ItemStatus::Succeeded,
+            Some("{\"message\":\"hi\"}"),
+            None
+        )
+        .await
+        .expect("finish"));
+    assert!(!store
+        .finish_item(
+            &record.id,
+            "item-0",
+            &winner,
+            ItemStatus::Succeeded,
+            Some("{}"),
+            None
+        )
+        .await
+        .expect("finish"));
+    let (read, items) = store.job(&record.id).await.expect("read").expect("found");
+    assert_eq!((read.succeeded, read.failed), (1, 0));
+    assert_eq!(items[0].status, ItemStatus::Succeeded);
+    assert_eq!(items[0].result.as_deref(), Some("{\"message\":\"hi\"}"));
+    // AND a finished item cannot be claimed again
+    assert!(!store
+        .claim_item(&record.id, "item-0", "late", 5_000, 5_120)
+        .await
+        .expect("claim"));
+}
+
+async fn released_or_expired_claims_free_the_item(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let (record, items) = job(&org, 1);
+    store.create_job(&record, &items).await.expect("create");
+    assert!(store
+        .claim_item(&record.id, "item-0", "a", 1_000, 1_120)
+        .await
+        .expect("claim"));
+    assert!(!store
+        .claim_item(&record.id, "item-0", "b", 1_050, 1_170)
+        .await
+        .expect("claim"));
+    // A crashed attempt's claim lapses.
+    assert!(store
+        .claim_item(&record.id, "item-0", "c", 1_121, 1_241)
+        .await
+        .expect("claim"));
+    // A released claim frees the item at once, and the item is queued again.
+    store
+        .release_item(&record.id, "item-0", "c")
+        .await
+        .expect("release");
+    let item = store
+        .item(&record.id, "item-0")
+        .await
+        .expect("read")
+        .expect("item");
+    assert_eq!(item.status, ItemStatus::Queued);
+    assert!(store
+        .claim_item(&record.id, "item-0", "d", 1_122, 1_242)
+        .await
+        .expect("claim"));
+    // The lapsed attempt cannot finish it any more.
+    assert!(!store
+        .finish_item(
+            &record.id,
+            "item-0",
+            "a",
+            ItemStatus::Failed,
+            None,
+            Some("late")
+        )
+        .await
+        .expect("finish"));
+}
+
+async fn lists_an_orgs_jobs_newest_first_in_pages(store: Arc<dyn Store>) {
+    let org = OrgId::generate();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (record, items) = job(&org, 1);
+        store.create_job(&record, &items).await.expect("create");
+        ids.push(record.id.to_string());
+    }
+    store
+        .create_job(&job(&OrgId::generate(), 1).0, &job(&org, 1).1)
+        .await
+        .expect("another org's job");
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .jobs_of(&org, 2, after.as_deref())
+            .await
+            .expect("page");
+        seen.extend(page.jobs.iter().map(|j| j.id.to_string()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $case() { super::$case(Arc::new(MemoryStore::new())).await; } )*
+        }
+        mod dynamodb {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $case() {
+                   if let Some(store) = common::dynamo_store().await { super::$case(store).await; }
+               } )*
+        }
+    };
+}
+
+contract!(
+    stores_and_reads_a_job_whole,
+    one_attempt_claims_an_item_and_finishes_it_once,
+    released_or_expired_claims_free_the_item,
+    lists_an_orgs_jobs_newest_first_in_pages,
+);
