@@ -170,6 +170,32 @@ impl Settings {
         })
     }
 
+    /// Settings read from nowhere: the built-in catalog, every provider at `base_url` (keyless
+    /// when `key` is `None`, so the local server simulates it), and the defaults elsewhere. For
+    /// tests and tools that must not depend on the environment.
+    pub fn local(jwt_secret: &str, base_url: &str, key: Option<&str>) -> Settings {
+        let endpoint = || Endpoint {
+            base_url: base_url.to_owned(),
+            api_key: key.map(Secret::new),
+        };
+        Settings {
+            jwt_secret: Secret::new(jwt_secret),
+            token_ttl: Duration::from_secs(600),
+            table_name: None,
+            request_retention: Duration::from_secs(86_400),
+            jobs_queue_url: None,
+            jobs_max_receives: 3,
+            providers: ProviderSettings {
+                openai: endpoint(),
+                anthropic: endpoint(),
+                google: endpoint(),
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+            },
+            catalog: Catalog::builtin(),
+        }
+    }
+
     /// The DynamoDB table, required by the DynamoDB store.
     pub fn require_table(&self) -> Result<&str, ConfigError> {
         self.table_name

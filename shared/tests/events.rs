@@ -2,11 +2,8 @@
 //! handlers each function runs, as API Gateway would deliver them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use gateway::catalog::Catalog;
-use gateway::config::{Endpoint, ProviderSettings, Settings};
-use gateway::secret::Secret;
+use gateway::config::Settings;
 use gateway::store::memory::MemoryStore;
 use gateway::store::Stores;
 use gateway::AppState;
@@ -22,26 +19,11 @@ async fn state() -> AppState {
         listener,
         simulator::SimulatorConfig::default(),
     ));
-    let endpoint = || Endpoint {
-        base_url: url.clone(),
-        api_key: Some(Secret::new("simulated-key")),
-    };
-    let settings = Settings {
-        jwt_secret: Secret::new("events-secret-events-secret-events"),
-        token_ttl: Duration::from_secs(600),
-        table_name: None,
-        request_retention: Duration::from_secs(86_400),
-        jobs_queue_url: None,
-        jobs_max_receives: 3,
-        providers: ProviderSettings {
-            openai: endpoint(),
-            anthropic: endpoint(),
-            google: endpoint(),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-        },
-        catalog: Catalog::builtin(),
-    };
+    let settings = Settings::local(
+        "events-secret-events-secret-events",
+        &url,
+        Some("simulated-key"),
+    );
     let (queue, receiver) = gateway::queue::LocalQueue::new();
     // Kept open and never read: the test delivers the messages itself, as SQS events.
     std::mem::forget(receiver);

@@ -9,8 +9,7 @@ use time::macros::datetime;
 
 use futures::future::join_all;
 use gateway::auth::{Claims, TokenIssuer};
-use gateway::catalog::Catalog;
-use gateway::config::{Endpoint, ProviderSettings, Settings};
+use gateway::config::Settings;
 use gateway::secret::Secret;
 use local_server::{Options, StoreKind};
 use reqwest::{Client, Response, StatusCode};
@@ -20,26 +19,9 @@ const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-42";
 const ADMIN: &str = "operator-token";
 
 fn settings(request_timeout: Duration) -> Settings {
-    let endpoint = |url: &str| Endpoint {
-        base_url: url.to_owned(),
-        api_key: None,
-    };
-    Settings {
-        jwt_secret: Secret::new(SECRET),
-        token_ttl: Duration::from_secs(600),
-        table_name: None,
-        request_retention: Duration::from_secs(86_400),
-        jobs_queue_url: None,
-        jobs_max_receives: 3,
-        providers: ProviderSettings {
-            openai: endpoint("http://unused"),
-            anthropic: endpoint("http://unused"),
-            google: endpoint("http://unused"),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout,
-        },
-        catalog: Catalog::builtin(),
-    }
+    let mut settings = Settings::local(SECRET, "http://unused", None);
+    settings.providers.request_timeout = request_timeout;
+    settings
 }
 
 struct Gateway {

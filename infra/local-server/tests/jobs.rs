@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::catalog::Catalog;
 use gateway::clock::ManualClock;
-use gateway::config::{Endpoint, ProviderSettings, Settings};
-use gateway::secret::Secret;
+use gateway::config::Settings;
 use local_server::{Options, StoreKind};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -25,26 +23,7 @@ struct Tenant {
 }
 
 async fn start() -> Gateway {
-    let endpoint = || Endpoint {
-        base_url: "http://unused".to_owned(),
-        api_key: None,
-    };
-    let settings = Settings {
-        jwt_secret: Secret::new("jobs-secret-jobs-secret-jobs-secret"),
-        token_ttl: Duration::from_secs(600),
-        table_name: None,
-        request_retention: Duration::from_secs(86_400),
-        jobs_queue_url: None,
-        jobs_max_receives: 3,
-        providers: ProviderSettings {
-            openai: endpoint(),
-            anthropic: endpoint(),
-            google: endpoint(),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-        },
-        catalog: Catalog::builtin(),
-    };
+    let settings = Settings::local("jobs-secret-jobs-secret-jobs-secret", "http://unused", None);
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-15 12:00:10 UTC)));
     let options = Options {
         store: StoreKind::Memory,

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gateway::catalog::Catalog;
 use gateway::clock::ManualClock;
-use gateway::config::{Endpoint, ProviderSettings, Settings};
+use gateway::config::Settings;
 use gateway::providers::sse::{SseDecoder, SseEvent};
 use gateway::secret::Secret;
 use local_server::{Options, StoreKind};
@@ -23,26 +22,7 @@ struct Gateway {
 }
 
 async fn start() -> Gateway {
-    let endpoint = || Endpoint {
-        base_url: "http://unused".to_owned(),
-        api_key: None,
-    };
-    let settings = Settings {
-        jwt_secret: Secret::new("stream-secret-stream-secret-stream"),
-        token_ttl: Duration::from_secs(600),
-        table_name: None,
-        request_retention: Duration::from_secs(86_400),
-        jobs_queue_url: None,
-        jobs_max_receives: 3,
-        providers: ProviderSettings {
-            openai: endpoint(),
-            anthropic: endpoint(),
-            google: endpoint(),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-        },
-        catalog: Catalog::builtin(),
-    };
+    let settings = Settings::local("stream-secret-stream-secret-stream", "http://unused", None);
     let options = Options {
         store: StoreKind::Memory,
         table: String::new(),
