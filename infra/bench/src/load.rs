@@ -118,7 +118,7 @@ async fn worker(
 
 /// One request, body read to the end: the latency covers the whole answer, and the connection goes
 /// back to the pool for the next request.
-async fn send(client: &Client, target: &Target) -> Result<(), String> {
+pub async fn send(client: &Client, target: &Target) -> Result<(), String> {
     let response = client
         .post(&target.url)
         .headers(target.headers.clone())

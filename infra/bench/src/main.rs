@@ -8,10 +8,17 @@
 //! provider adapter, usage accounting. Client, gateway and simulator share the machine's cores, so
 //! compare the two rows with each other rather than with production numbers.
 //!
+//! With `--store dynamodb` the gateway keeps its data in a fresh table of a local DynamoDB
+//! (`AWS_ENDPOINT_URL_DYNAMODB` or `GATEWAY_TEST_DYNAMODB_ENDPOINT`), and before the load one chat
+//! request is sent alone to measure what it costs there: round trips before and after the provider
+//! call, read and write capacity units (see `store.rs`).
+//!
 //! `cargo run --release -p bench -- --concurrency 16 --duration-secs 5 --warmup-secs 1`
 
 mod load;
+mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -20,8 +27,12 @@ use gateway::catalog::Catalog;
 use gateway::config::{Endpoint, ProviderSettings, Settings};
 use gateway::ids::PlanId;
 use gateway::secret::Secret;
+use gateway::store::dynamo::DynamoStore;
+use gateway::store::memory::MemoryStore;
+use gateway::store::Stores;
+use gateway::AppState;
 use load::{Load, Outcome, Target};
-use local_server::{Options, StoreKind};
+use local_server::StoreKind;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
@@ -45,6 +56,17 @@ struct Args {
     /// Unmeasured seconds per target before measuring (connections, caches, allocator).
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
+    /// The gateway's store: in memory, or DynamoDB (a fresh table at `AWS_ENDPOINT_URL_DYNAMODB`
+    /// or `GATEWAY_TEST_DYNAMODB_ENDPOINT`), which also measures one request's DynamoDB cost.
+    #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
+    store: StoreKind,
+}
+
+/// The DynamoDB store under the gateway and what one chat request cost it.
+struct Dynamo {
+    endpoint: String,
+    store: Arc<DynamoStore>,
+    cost: Option<store::RequestCost>,
 }
 
 #[tokio::main]
@@ -57,13 +79,48 @@ async fn main() -> anyhow::Result<()> {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    let mut dynamo = match args.store {
+        StoreKind::Memory => None,
+        StoreKind::Dynamodb => {
+            let (store, endpoint) = store::fresh_dynamo().await?;
+            Some(Dynamo {
+                endpoint,
+                store,
+                cost: None,
+            })
+        }
+    };
+    let stores = match &dynamo {
+        Some(dynamo) => Stores::from(dynamo.store.clone()),
+        None => Stores::from(Arc::new(MemoryStore::new())),
+    };
+
     let simulator = start_simulator().await?;
-    let gateway = start_gateway(&simulator).await?;
+    let gateway = start_gateway(&simulator, stores).await?;
     let client = Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
     let tenant = set_up_tenant(&client, &gateway).await?;
+
+    if let Some(dynamo) = &mut dynamo {
+        eprintln!(
+            "measuring one chat request alone on DynamoDB ({}, table {})",
+            dynamo.endpoint,
+            dynamo.store.table()
+        );
+        // One unmeasured request first, so the month counter and the day's aggregate exist, as
+        // they do for every request but an org's first of the month (or day).
+        load::send(&client, &gateway_target(&gateway, &tenant, PROMPT)?)
+            .await
+            .map_err(|err| anyhow::anyhow!("the first chat request failed: {err}"))?;
+        let slow = format!(
+            "[sim:latency_ms={}] {PROMPT}",
+            store::PROVIDER_LATENCY.as_millis()
+        );
+        let target = gateway_target(&gateway, &tenant, &slow)?;
+        dynamo.cost = Some(store::measure_one(&client, &target, dynamo.store.metrics()).await?);
+    }
 
     eprintln!(
         "driving the simulator for {}s (+{}s warm-up) at concurrency {}",
@@ -71,12 +128,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let direct = load::run(&client, simulator_target(&simulator), load).await?;
     eprintln!("driving the gateway likewise");
-    let through = load::run(&client, gateway_target(&gateway, &tenant)?, load).await?;
+    let through = load::run(&client, gateway_target(&gateway, &tenant, PROMPT)?, load).await?;
 
     let report = Report {
         args: &args,
         cores,
         rows: [("simulator", &direct), ("gateway", &through)],
+        dynamo: dynamo.as_ref(),
     };
     report.print();
     Ok(())
@@ -93,11 +151,12 @@ async fn start_simulator() -> anyhow::Result<String> {
     Ok(base)
 }
 
-/// The local gateway, every provider pointed at `simulator`; returns its base URL.
+/// The local gateway over `stores`, every provider pointed at `simulator`; returns its base URL.
 ///
 /// Settings are built here rather than read from the environment so that no real key, base URL or
-/// operator catalog in the caller's shell can leak into the measurement.
-async fn start_gateway(simulator: &str) -> anyhow::Result<String> {
+/// operator catalog in the caller's shell can leak into the measurement. The state is built here
+/// too, so that the caller keeps its own handle on the store (and the store's metrics).
+async fn start_gateway(simulator: &str, stores: Stores) -> anyhow::Result<String> {
     let endpoint = || Endpoint {
         base_url: simulator.to_owned(),
         api_key: Some(Secret::new("simulated-key")),
@@ -114,6 +173,8 @@ async fn start_gateway(simulator: &str) -> anyhow::Result<String> {
         token_ttl: Duration::from_secs(3600),
         table_name: None,
         request_retention: Duration::from_secs(86_400),
+        jobs_queue_url: None,
+        jobs_max_receives: 3,
         providers: ProviderSettings {
             openai: endpoint(),
             anthropic: endpoint(),
@@ -123,14 +184,8 @@ async fn start_gateway(simulator: &str) -> anyhow::Result<String> {
         },
         catalog,
     };
-    let options = Options {
-        store: StoreKind::Memory,
-        table: String::new(),
-        create_tables: false,
-        admin_token: Some(Secret::new(ADMIN_TOKEN)),
-        clock: None,
-    };
-    let router = local_server::build_with(settings, &options).await?;
+    let state = AppState::new(&settings, stores)?;
+    let router = local_server::router(state, Some(Secret::new(ADMIN_TOKEN)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(local_server::serve(listener, router));
@@ -217,7 +272,7 @@ fn simulator_target(simulator: &str) -> Target {
     }
 }
 
-fn gateway_target(gateway: &str, tenant: &Tenant) -> anyhow::Result<Target> {
+fn gateway_target(gateway: &str, tenant: &Tenant, prompt: &str) -> anyhow::Result<Target> {
     let mut headers = json_headers();
     headers.insert(
         AUTHORIZATION,
@@ -229,7 +284,7 @@ fn gateway_target(gateway: &str, tenant: &Tenant) -> anyhow::Result<Target> {
         headers,
         body: json!({
             "model": MODEL,
-            "messages": [{"role": "user", "content": PROMPT}],
+            "messages": [{"role": "user", "content": prompt}],
             "max_tokens": MAX_TOKENS,
         })
         .to_string(),
@@ -242,6 +297,8 @@ struct Report<'a> {
     cores: usize,
     /// The baseline (simulator) first, then the gateway.
     rows: [(&'static str, &'a Outcome); 2],
+    /// With `--store dynamodb`.
+    dynamo: Option<&'a Dynamo>,
 }
 
 impl Report<'_> {
@@ -272,13 +329,42 @@ impl Report<'_> {
         println!("gateway added latency: p50 {added_p50:+.2} ms, p99 {added_p99:+.2} ms");
         println!("throughput ratio (gateway / simulator): {ratio:.3}");
         println!(
-            "machine: {} cores, shared by the load client, the gateway and the simulator (one process); \
+            "machine: {} cores, shared by the load client, the gateway and the simulator (one process){}; \
              concurrency {}, {} s measured after {} s warm-up per target",
-            self.cores, self.args.concurrency, self.args.duration_secs, self.args.warmup_secs
+            self.cores,
+            if self.dynamo.is_some() { " and the DynamoDB server" } else { "" },
+            self.args.concurrency,
+            self.args.duration_secs,
+            self.args.warmup_secs
         );
         for (name, outcome) in self.rows {
             if let Some(error) = &outcome.first_error {
                 println!("first error ({name}): {error}");
+            }
+        }
+        let cost = self.dynamo.and_then(|d| d.cost);
+        if let (Some(dynamo), Some(cost)) = (self.dynamo, cost) {
+            println!();
+            println!(
+                "store: DynamoDB at {}, table {}",
+                dynamo.endpoint,
+                dynamo.store.table()
+            );
+            println!("one chat request alone, as the store counted it:");
+            println!(
+                "  {:<22} {:>11} {:>10} {:>11}",
+                "", "round trips", "read units", "write units"
+            );
+            let total = cost.total();
+            for (name, part) in [
+                ("before the provider", cost.before),
+                ("after the provider", cost.after),
+                ("whole request", total),
+            ] {
+                println!(
+                    "  {name:<22} {:>11} {:>10.1} {:>11.1}",
+                    part.round_trips, part.read_units, part.write_units
+                );
             }
         }
 
@@ -287,7 +373,19 @@ impl Report<'_> {
             .iter()
             .map(|(name, outcome)| ((*name).to_owned(), summary(outcome)))
             .collect();
+        let dynamodb = cost.map(|cost| {
+            json!({
+                "round_trips_before": cost.before.round_trips,
+                "round_trips_after": cost.after.round_trips,
+                "read_units": cost.total().read_units,
+                "write_units": cost.total().write_units,
+            })
+        });
         let line = json!({
+            "store": match self.args.store {
+                StoreKind::Memory => "memory",
+                StoreKind::Dynamodb => "dynamodb",
+            },
             "concurrency": self.args.concurrency,
             "duration_secs": self.args.duration_secs,
             "warmup_secs": self.args.warmup_secs,
@@ -295,6 +393,7 @@ impl Report<'_> {
             "targets": targets,
             "gateway_added_ms": {"p50": round2(added_p50), "p99": round2(added_p99)},
             "throughput_ratio": (ratio * 1000.0).round() / 1000.0,
+            "dynamodb": dynamodb,
         });
         println!("{line}");
     }
