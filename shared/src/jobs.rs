@@ -16,7 +16,9 @@ use crate::ids::{JobId, OrgId, UserId};
 use crate::limits;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
-use crate::store::{ItemStatus, JobItem, JobRecord, Membership, OrgAccess};
+use crate::store::{
+    ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, OrgAccess, StoreError,
+};
 use crate::usage;
 
 /// The most chats one batch may hold.
@@ -414,7 +416,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
     prepared.request.max_tokens = ticket.max_tokens;
     let started = std::time::Instant::now();
     let answer = chat::answer(&state.providers, &prepared).await;
-    let settlement = usage::settlement(
+    let mut settlement = usage::settlement(
         &ticket,
         &job.org,
         &job.user,
@@ -424,29 +426,40 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         state.clock.now(),
         state.request_retention,
     );
-    usage::settle(meter, &settlement).await;
-    match answer {
-        Ok(response) => {
-            let cost = prepared
-                .model
-                .cost(response.usage.input_tokens, response.usage.output_tokens)
-                .as_cents();
-            let result = ItemResult {
-                message: response.text,
-                model: prepared.model.id.to_string(),
-                usage: response.usage.into(),
-                finish_reason: response.finish_reason,
-                cost,
-            };
-            let json = serde_json::to_string(&result)
-                .map_err(|e| GatewayError::Internal(e.to_string()))?;
-            finish(ItemStatus::Succeeded, Some(json), None).await?;
-            Ok(Disposition::Done)
-        }
+    let response = match answer {
+        Ok(response) => response,
         Err(err) => {
+            usage::settle(meter, &settlement).await;
             release().await?;
-            Ok(Disposition::Retry(err.to_string()))
+            return Ok(Disposition::Retry(err.to_string()));
         }
+    };
+    let cost = prepared
+        .model
+        .cost(response.usage.input_tokens, response.usage.output_tokens)
+        .as_cents();
+    let result = ItemResult {
+        message: response.text,
+        model: prepared.model.id.to_string(),
+        usage: response.usage.into(),
+        finish_reason: response.finish_reason,
+        cost,
+    };
+    // The answer is stored and charged in one write: an item is charged exactly when it is
+    // answered, however often its message is delivered.
+    settlement.job_item = Some(JobItemFinish {
+        job: job.id.clone(),
+        item: item.id.clone(),
+        attempt: attempt.clone(),
+        result: serde_json::to_string(&result)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+    });
+    match meter.settle(&settlement).await {
+        Ok(()) => Ok(Disposition::Done),
+        // Another attempt finished the item meanwhile; this one's hold lapses unused.
+        Err(StoreError::Conflict(_)) => Ok(Disposition::Done),
+        // Nothing was written: the claim lapses and the item is tried again.
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -158,6 +158,7 @@ async fn release_abandoned(
     tracing::warn!(%org, request_id = %hold.request_id, tokens = hold.tokens, "releasing the hold of an abandoned request");
     meter
         .settle(&Settlement {
+            job_item: None,
             month: month.to_owned(),
             hold_tokens: hold.tokens,
             record: RequestRecord {

@@ -60,6 +60,7 @@ pub fn settlement_of(
     retention: Duration,
 ) -> Settlement {
     Settlement {
+        job_item: None,
         month: ticket.month.clone(),
         hold_tokens: ticket.hold_tokens,
         record: RequestRecord {

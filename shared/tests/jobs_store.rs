@@ -194,6 +194,72 @@ async fn lists_an_orgs_jobs_newest_first_in_pages(store: Arc<dyn Store>) {
     assert_eq!(seen, ids);
 }
 
+async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
+    use gateway::store::{JobItemFinish, Outcome, RequestRecord, Settlement};
+    let org = OrgId::generate();
+    let (record, items) = job(&org, 1);
+    store.create_job(&record, &items).await.expect("create");
+    assert!(store
+        .claim_item(&record.id, "item-0", "first", 1_000, 1_001)
+        .await
+        .expect("claim"));
+    // A second attempt takes over after the first one's claim lapsed.
+    assert!(store
+        .claim_item(&record.id, "item-0", "second", 1_002, 1_200)
+        .await
+        .expect("claim"));
+    let settlement = |attempt: &str, request_id: &str| Settlement {
+        month: "2026-11".to_owned(),
+        hold_tokens: 0,
+        record: RequestRecord {
+            request_id: request_id.to_owned(),
+            org: org.clone(),
+            user: record.user.clone(),
+            model: "gemini-1.5-flash".to_owned(),
+            input_tokens: 10,
+            output_tokens: 20,
+            duration_ms: 5,
+            outcome: Outcome::Success,
+            error_message: None,
+            cost: 24_500,
+            timestamp: "2026-11-15T12:00:00Z".to_owned(),
+            date: "2026-11-15".to_owned(),
+            expires_at: 2_000_000_000,
+        },
+        job_item: Some(JobItemFinish {
+            job: record.id.clone(),
+            item: "item-0".to_owned(),
+            attempt: attempt.to_owned(),
+            result: format!("{{\"by\":\"{attempt}\"}}"),
+        }),
+    };
+    // WHEN both attempts got an answer and settle it
+    store
+        .settle(&settlement("second", "r-second"))
+        .await
+        .expect("the holder settles");
+    let late = store.settle(&settlement("first", "r-first")).await;
+    // THEN only the holder's answer is stored and charged
+    assert!(
+        matches!(late, Err(gateway::store::StoreError::Conflict(_))),
+        "{late:?}"
+    );
+    let records = store.requests(&org, "2026-11").await.expect("records");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].request_id, "r-second");
+    let (read, items) = store.job(&record.id).await.expect("read").expect("found");
+    assert_eq!((read.succeeded, read.failed), (1, 0));
+    assert_eq!(items[0].result.as_deref(), Some("{\"by\":\"second\"}"));
+    assert_eq!(
+        store
+            .month_counter(&org, "2026-11")
+            .await
+            .expect("month")
+            .tokens,
+        30
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -216,4 +282,5 @@ contract!(
     one_attempt_claims_an_item_and_finishes_it_once,
     released_or_expired_claims_free_the_item,
     lists_an_orgs_jobs_newest_first_in_pages,
+    an_answer_is_stored_and_charged_in_one_write,
 );

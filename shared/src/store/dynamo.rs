@@ -1012,6 +1012,19 @@ impl MeterStore for DynamoStore {
             None
         };
 
+        let job_writes = match &st.job_item {
+            Some(finish) => super::dynamo_jobs::finish_writes(
+                self,
+                &finish.job,
+                &finish.item,
+                &finish.attempt,
+                super::ItemStatus::Succeeded,
+                Some(&finish.result),
+                None,
+            )?
+            .to_vec(),
+            None => Vec::new(),
+        };
         let mut with_hold = true;
         let mut attempt = 0u32;
         loop {
@@ -1024,6 +1037,9 @@ impl MeterStore for DynamoStore {
             if let Some(daily) = &daily {
                 request = request.transact_items(daily.clone());
             }
+            for write in &job_writes {
+                request = request.transact_items(write.clone());
+            }
             let Err(err) = request.send().await.metered(&self.metrics, Units::Write) else {
                 return Ok(());
             };
@@ -1034,6 +1050,9 @@ impl MeterStore for DynamoStore {
             if failed(1) {
                 // The record exists: this request was settled before. Nothing more to do.
                 return Ok(());
+            }
+            if !job_writes.is_empty() && failed(2 + usize::from(daily.is_some())) {
+                return Err(StoreError::Conflict("job item"));
             }
             attempt += 1;
             if failed(0) && with_hold {

@@ -300,50 +300,13 @@ impl JobStore for DynamoStore {
         result: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut sets = vec!["#status = :status"];
-        let mut update = Update::builder()
-            .table_name(self.table())
-            .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
-            .condition_expression("claim = :attempt AND #status = :running")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(status.as_str()))
-            .expression_attribute_values(":running", s("running"))
-            .expression_attribute_values(":attempt", s(attempt));
-        if let Some(result) = result {
-            sets.push("#result = :result");
-            update = update
-                .expression_attribute_names("#result", "result")
-                .expression_attribute_values(":result", s(result));
-        }
-        if let Some(error) = error {
-            sets.push("#error = :error");
-            update = update
-                .expression_attribute_names("#error", "error")
-                .expression_attribute_values(":error", s(error));
-        }
-        let update = update
-            .update_expression(format!("SET {} REMOVE claim, claim_until", sets.join(", ")))
-            .build()
-            .map_err(build_error)?;
-        let counter = if status == ItemStatus::Succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        let count = Update::builder()
-            .table_name(self.table())
-            .set_key(Some(key(format!("JOB#{job}"), "JOB")))
-            .update_expression("ADD #count :one")
-            .expression_attribute_names("#count", counter)
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(build_error)?;
+        let [update, count] = finish_writes(self, job, item, attempt, status, result, error)?;
         // The item's outcome and the job's count change together, or not at all.
         let sent = self
             .client()
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
+            .transact_items(update)
+            .transact_items(count)
             .send()
             .await;
         match sent {
@@ -358,4 +321,59 @@ impl JobStore for DynamoStore {
             }
         }
     }
+}
+
+/// The two writes that finish an item: its outcome, on condition the attempt still holds it, and
+/// the job's count. Also used inside a settlement's transaction.
+pub(super) fn finish_writes(
+    store: &DynamoStore,
+    job: &JobId,
+    item: &str,
+    attempt: &str,
+    status: ItemStatus,
+    result: Option<&str>,
+    error: Option<&str>,
+) -> Result<[TransactWriteItem; 2], StoreError> {
+    let mut sets = vec!["#status = :status"];
+    let mut update = Update::builder()
+        .table_name(store.table())
+        .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
+        .condition_expression("claim = :attempt AND #status = :running")
+        .expression_attribute_names("#status", "status")
+        .expression_attribute_values(":status", s(status.as_str()))
+        .expression_attribute_values(":running", s("running"))
+        .expression_attribute_values(":attempt", s(attempt));
+    if let Some(result) = result {
+        sets.push("#result = :result");
+        update = update
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":result", s(result));
+    }
+    if let Some(error) = error {
+        sets.push("#error = :error");
+        update = update
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":error", s(error));
+    }
+    let update = update
+        .update_expression(format!("SET {} REMOVE claim, claim_until", sets.join(", ")))
+        .build()
+        .map_err(build_error)?;
+    let counter = if status == ItemStatus::Succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    let count = Update::builder()
+        .table_name(store.table())
+        .set_key(Some(key(format!("JOB#{job}"), "JOB")))
+        .update_expression("ADD #count :one")
+        .expression_attribute_names("#count", counter)
+        .expression_attribute_values(":one", n(1))
+        .build()
+        .map_err(build_error)?;
+    Ok([
+        TransactWriteItem::builder().update(update).build(),
+        TransactWriteItem::builder().update(count).build(),
+    ])
 }

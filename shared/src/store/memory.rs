@@ -162,9 +162,31 @@ impl MeterStore for MemoryStore {
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let record = &s.record;
-        if !inner.settled.insert(record.request_id.clone()) {
+        if inner.settled.contains(&record.request_id) {
             return Ok(());
         }
+        if let Some(finish) = &s.job_item {
+            let held = inner
+                .jobs
+                .get(&finish.job)
+                .and_then(|(_, items)| items.get(&finish.item))
+                .is_some_and(|i| {
+                    !i.status.is_final()
+                        && i.claim.as_ref().is_some_and(|(a, _)| a == &finish.attempt)
+                });
+            if !held {
+                return Err(StoreError::Conflict("job item"));
+            }
+            if let Some((job, items)) = inner.jobs.get_mut(&finish.job) {
+                if let Some(item) = items.get_mut(&finish.item) {
+                    item.status = ItemStatus::Succeeded;
+                    item.result = Some(finish.result.clone());
+                    item.claim = None;
+                    job.succeeded += 1;
+                }
+            }
+        }
+        inner.settled.insert(record.request_id.clone());
         let key = (record.org.clone(), s.month.clone());
         let counter = inner.months.entry(key.clone()).or_default();
         let before = counter.holds.len();

@@ -229,6 +229,20 @@ pub struct Settlement {
     pub month: String,
     pub hold_tokens: u64,
     pub record: RequestRecord,
+    /// A job item this request answered: finished in the same atomic write as the settlement,
+    /// so an item is charged exactly when its answer is stored. If the attempt no longer holds
+    /// the item, nothing is written and settling fails with `Conflict("job item")`.
+    pub job_item: Option<JobItemFinish>,
+}
+
+/// Finishing a job item as part of a settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobItemFinish {
+    pub job: crate::ids::JobId,
+    pub item: String,
+    pub attempt: String,
+    /// The answer, as JSON.
+    pub result: String,
 }
 
 /// A day's usage of one model by one org (`ai_usage`).
