@@ -51,7 +51,14 @@ fn chat(max_tokens: u32) -> PreparedChat {
     }
 }
 
-const NOW: OffsetDateTime = datetime!(2026-11-15 12:00:00 UTC);
+fn plan_without_messages() -> Plan {
+    plan(1_000, None, None)
+}
+
+/// In the future on purpose: DynamoDB Local really deletes items whose TTL has passed, and a
+/// window's TTL is an hour after it ends, so a test clock in the past would see its counters
+/// vanish mid-test.
+const NOW: OffsetDateTime = datetime!(2030-11-15 12:00:00 UTC);
 
 async fn admit(
     store: &Arc<dyn Store>,
@@ -118,7 +125,7 @@ async fn a_burst_admits_exactly_the_rate_limit(store: Arc<dyn Store>) {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
     assert_eq!(results.iter().filter(|r| is_rate_limited(r)).count(), 45);
     // AND the rate limit does not touch the month: only admitted requests count as messages
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(counter.messages, 5);
 }
 
@@ -128,12 +135,12 @@ async fn a_burst_admits_exactly_the_remaining_messages(store: Arc<dyn Store>) {
     let results = burst(&store, 50, &org, &plan, 10).await;
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
     assert_eq!(results.iter().filter(|r| is_monthly(r)).count(), 45);
-    // Refused requests gave their rate slots back: the window holds only the admitted five.
-    let ticket = results
-        .into_iter()
-        .find_map(Result::ok)
-        .expect("one admitted");
-    assert!(ticket.rate.remaining >= 1_000 - 5);
+    // Refused requests gave their rate slots back: the window holds only the admitted five, so
+    // the next request (on a plan without a message limit) is the sixth.
+    let next = admit(&store, NOW, &org, &plan_without_messages(), 10)
+        .await
+        .expect("admitted");
+    assert_eq!(next.rate.remaining, 1_000 - 6);
 }
 
 async fn concurrent_holds_never_exceed_the_token_limit(store: Arc<dyn Store>) {
@@ -150,7 +157,7 @@ async fn concurrent_holds_never_exceed_the_token_limit(store: Arc<dyn Store>) {
         "9 full holds fit, got {}",
         admitted.len()
     );
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(counter.committed, held);
     // WHEN they settle using far less than they held
     for ticket in &admitted {
@@ -167,7 +174,7 @@ async fn concurrent_holds_never_exceed_the_token_limit(store: Arc<dyn Store>) {
         .await;
     }
     // THEN only real usage counts, and new requests fit again
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(counter.tokens, 50 * admitted.len() as u64);
     assert_eq!(counter.committed, counter.tokens);
     assert!(counter.holds.is_empty());
@@ -206,7 +213,7 @@ async fn max_tokens_is_clamped_to_what_is_left(store: Arc<dyn Store>) {
 async fn windows_turn_over_at_minute_and_month_boundaries(store: Arc<dyn Store>) {
     let org = OrgId::generate();
     let plan = plan(2, Some(3), None);
-    let last_second = datetime!(2026-11-30 23:59:59 UTC);
+    let last_second = datetime!(2030-11-30 23:59:59 UTC);
     for _ in 0..2 {
         admit(&store, last_second, &org, &plan, 10)
             .await
@@ -215,16 +222,16 @@ async fn windows_turn_over_at_minute_and_month_boundaries(store: Arc<dyn Store>)
     let refused = admit(&store, last_second, &org, &plan, 10).await;
     assert!(is_rate_limited(&refused));
     // A second later it is a new minute, a new day and a new month.
-    let next = datetime!(2026-12-01 00:00:00 UTC);
+    let next = datetime!(2030-12-01 00:00:00 UTC);
     let ticket = admit(&store, next, &org, &plan, 10)
         .await
         .expect("new minute");
-    assert_eq!(ticket.month, "2026-12");
+    assert_eq!(ticket.month, "2030-12");
     assert_eq!(ticket.rate.remaining, 1);
     assert_eq!(ticket.rate.reset_secs, 60);
     assert_eq!(
         store
-            .month_counter(&org, "2026-11")
+            .month_counter(&org, "2030-11")
             .await
             .expect("nov")
             .messages,
@@ -232,7 +239,7 @@ async fn windows_turn_over_at_minute_and_month_boundaries(store: Arc<dyn Store>)
     );
     assert_eq!(
         store
-            .month_counter(&org, "2026-12")
+            .month_counter(&org, "2030-12")
             .await
             .expect("dec")
             .messages,
@@ -252,7 +259,7 @@ async fn a_plan_change_mid_month_applies_at_once(store: Arc<dyn Store>) {
     assert!(admit(&store, NOW, &org, &pro, 10).await.is_ok());
     assert_eq!(
         store
-            .month_counter(&org, "2026-11")
+            .month_counter(&org, "2030-11")
             .await
             .expect("counter")
             .messages,
@@ -268,14 +275,14 @@ async fn a_failed_provider_call_gives_its_message_and_hold_back(store: Arc<dyn S
         .expect("admitted");
     assert!(is_monthly(&admit(&store, NOW, &org, &plan, 10).await));
     settle(&store, &ticket, &org, Err(()), NOW).await;
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(
         (counter.messages, counter.tokens, counter.committed),
         (0, 0, 0)
     );
     // The message is usable again, and the failure is on record.
     assert!(admit(&store, NOW, &org, &plan, 10).await.is_ok());
-    let records = store.requests(&org, "2026-11").await.expect("records");
+    let records = store.requests(&org, "2030-11").await.expect("records");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, Outcome::Failed);
     assert!(records[0]
@@ -302,10 +309,10 @@ async fn a_crashed_requests_hold_is_recovered(store: Arc<dyn Store>) {
         .expect("admitted after release");
     // THEN the dead holds were released and the full request fits
     assert_eq!(ticket.max_tokens, 1_000);
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(counter.holds.len(), 1);
     assert_eq!(counter.committed, 1_100);
-    let abandoned = store.requests(&org, "2026-11").await.expect("records");
+    let abandoned = store.requests(&org, "2030-11").await.expect("records");
     assert_eq!(
         abandoned
             .iter()
@@ -335,9 +342,9 @@ async fn settling_twice_counts_once_and_aggregates_match_records(store: Arc<dyn 
         settle(&store, &ticket, &org, Ok(used), day).await;
         expected_cost += 350 * used.input_tokens + 1_050 * used.output_tokens;
     }
-    let records = store.requests(&org, "2026-11").await.expect("records");
+    let records = store.requests(&org, "2030-11").await.expect("records");
     assert_eq!(records.len(), 3);
-    let daily = store.daily_usage(&org, "2026-11").await.expect("daily");
+    let daily = store.daily_usage(&org, "2030-11").await.expect("daily");
     assert_eq!(daily.len(), 2, "two days");
     let sum = |f: fn(&gateway::store::DailyUsage) -> u64| daily.iter().map(f).sum::<u64>();
     assert_eq!(sum(|d| d.message_count), 3);
@@ -356,11 +363,11 @@ async fn settling_twice_counts_once_and_aggregates_match_records(store: Arc<dyn 
     assert_eq!(sum(|d| d.estimated_cost), expected_cost);
     // The seed's example: 100 in + 200 out on Gemini Flash costs 245,000 nano-dollars.
     assert_eq!(records[0].cost, 245_000);
-    let counter = store.month_counter(&org, "2026-11").await.expect("counter");
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
     assert_eq!(counter.tokens, sum(|d| d.total_tokens));
 
     // AND the report adds up exactly
-    let report = usage::report(store.as_ref(), &org, &plan, "2026-11")
+    let report = usage::report(store.as_ref(), &org, &plan, "2030-11")
         .await
         .expect("report");
     assert_eq!(report.total_messages, 3);
