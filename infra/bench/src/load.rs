@@ -1,6 +1,7 @@
 //! The closed-loop load generator: N workers share one keep-alive client and each sends the same
 //! request back to back, so at most N requests are in flight at any time.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,8 @@ pub struct Load {
 /// What one run measured: only requests started inside the measured window count.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Latency of every successful request, sorted ascending.
+    /// What every successful request measured (its latency, or its time to first event), sorted
+    /// ascending once the run is over.
     pub latencies: Vec<Duration>,
     pub errors: u64,
     /// The first failure, so a broken setup says why instead of only counting.
@@ -59,6 +61,23 @@ impl Outcome {
         self.latencies.last().copied().unwrap_or_default()
     }
 
+    /// Counts one request: what it measured, or why it failed.
+    pub fn record(&mut self, result: Result<Duration, String>) {
+        match result {
+            Ok(measured) => self.latencies.push(measured),
+            Err(err) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(err);
+            }
+        }
+    }
+
+    /// Sorts the measurements, which the percentiles need.
+    pub fn finish(&mut self, elapsed: Duration) {
+        self.elapsed = elapsed;
+        self.latencies.sort_unstable();
+    }
+
     fn merge(&mut self, other: Outcome) {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
@@ -68,50 +87,59 @@ impl Outcome {
     }
 }
 
-/// Drives `target` for `load.warmup` (unmeasured) then `load.duration` (measured).
+/// Drives `target` for `load.warmup` (unmeasured) then `load.duration` (measured); each request's
+/// latency covers the whole answer.
 pub async fn run(client: &Client, target: Target, load: Load) -> anyhow::Result<Outcome> {
-    let target = Arc::new(target);
+    let (client, target) = (client.clone(), Arc::new(target));
+    run_with(load, move || {
+        let (client, target) = (client.clone(), Arc::clone(&target));
+        async move {
+            let started = Instant::now();
+            send(&client, &target).await.map(|()| started.elapsed())
+        }
+    })
+    .await
+}
+
+/// Calls `request` back to back on `load.concurrency` workers, for `load.warmup` (unmeasured) then
+/// `load.duration` (measured). Each call sends one request and returns what it measured.
+pub async fn run_with<F, Fut>(load: Load, request: F) -> anyhow::Result<Outcome>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Duration, String>> + Send,
+{
+    let request = Arc::new(request);
     let start = Instant::now();
     let measure_from = start + load.warmup;
     let stop_at = measure_from + load.duration;
     let workers: Vec<_> = (0..load.concurrency)
         .map(|_| {
-            let client = client.clone();
-            let target = Arc::clone(&target);
-            tokio::spawn(async move { worker(&client, &target, measure_from, stop_at).await })
+            let request = Arc::clone(&request);
+            tokio::spawn(async move { worker(request.as_ref(), measure_from, stop_at).await })
         })
         .collect();
     let mut outcome = Outcome::default();
     for handle in workers {
         outcome.merge(handle.await?);
     }
-    outcome.elapsed = measure_from.elapsed();
-    outcome.latencies.sort_unstable();
+    outcome.finish(measure_from.elapsed());
     Ok(outcome)
 }
 
-async fn worker(
-    client: &Client,
-    target: &Target,
-    measure_from: Instant,
-    stop_at: Instant,
-) -> Outcome {
+async fn worker<F, Fut>(request: &F, measure_from: Instant, stop_at: Instant) -> Outcome
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Duration, String>>,
+{
     let mut outcome = Outcome::default();
     loop {
         let started = Instant::now();
         if started >= stop_at {
             return outcome;
         }
-        let result = send(client, target).await;
-        if started < measure_from {
-            continue;
-        }
-        match result {
-            Ok(()) => outcome.latencies.push(started.elapsed()),
-            Err(err) => {
-                outcome.errors += 1;
-                outcome.first_error.get_or_insert(err);
-            }
+        let result = request().await;
+        if started >= measure_from {
+            outcome.record(result);
         }
     }
 }

@@ -13,10 +13,14 @@
 //! request is sent alone to measure what it costs there: round trips before and after the provider
 //! call, read and write capacity units (see `store.rs`).
 //!
+//! Then, unless `--no-stream`, the streaming phase: time to first event and tokens per second of
+//! `POST /api/v1/ai/chat/stream` against the simulator's Gemini stream (see `stream.rs`).
+//!
 //! `cargo run --release -p bench -- --concurrency 16 --duration-secs 5 --warmup-secs 1`
 
 mod load;
 mod store;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +44,11 @@ use serde_json::{json, Value};
 const MODEL: &str = "gemini-1.5-flash";
 const PROMPT: &str = "Say hello in one short sentence.";
 const MAX_TOKENS: u32 = 256;
+const CHAT_PATH: &str = "/api/v1/ai/chat";
+const STREAM_PATH: &str = "/api/v1/ai/chat/stream";
+/// The simulator's Gemini actions: one answer, or Server-Sent Events.
+const GENERATE: &str = "generateContent";
+const STREAM_GENERATE: &str = "streamGenerateContent?alt=sse";
 const PLAN: &str = "team";
 const ADMIN_TOKEN: &str = "bench-admin";
 const PASSWORD: &str = "bench password, long enough";
@@ -60,6 +69,18 @@ struct Args {
     /// or `GATEWAY_TEST_DYNAMODB_ENDPOINT`), which also measures one request's DynamoDB cost.
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
     store: StoreKind,
+    /// Skip the streaming phase (time to first event, tokens per second).
+    #[arg(long)]
+    no_stream: bool,
+    /// Streaming phase: sequential requests per target for the time to first event.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    stream_requests: u32,
+    /// Streaming phase: streams in flight at once for the time to first event under load.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    stream_concurrency: u16,
+    /// Streaming phase: measured seconds per target under load (after `--warmup-secs`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    stream_duration_secs: u64,
 }
 
 /// The DynamoDB store under the gateway and what one chat request cost it.
@@ -111,14 +132,17 @@ async fn main() -> anyhow::Result<()> {
         );
         // One unmeasured request first, so the month counter and the day's aggregate exist, as
         // they do for every request but an org's first of the month (or day).
-        load::send(&client, &gateway_target(&gateway, &tenant, PROMPT)?)
-            .await
-            .map_err(|err| anyhow::anyhow!("the first chat request failed: {err}"))?;
+        load::send(
+            &client,
+            &gateway_target(&gateway, &tenant, CHAT_PATH, PROMPT, MAX_TOKENS)?,
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("the first chat request failed: {err}"))?;
         let slow = format!(
             "[sim:latency_ms={}] {PROMPT}",
             store::PROVIDER_LATENCY.as_millis()
         );
-        let target = gateway_target(&gateway, &tenant, &slow)?;
+        let target = gateway_target(&gateway, &tenant, CHAT_PATH, &slow, MAX_TOKENS)?;
         dynamo.cost = Some(store::measure_one(&client, &target, dynamo.store.metrics()).await?);
     }
 
@@ -126,15 +150,42 @@ async fn main() -> anyhow::Result<()> {
         "driving the simulator for {}s (+{}s warm-up) at concurrency {}",
         args.duration_secs, args.warmup_secs, args.concurrency
     );
-    let direct = load::run(&client, simulator_target(&simulator), load).await?;
+    let direct = load::run(
+        &client,
+        simulator_target(&simulator, GENERATE, PROMPT, MAX_TOKENS),
+        load,
+    )
+    .await?;
     eprintln!("driving the gateway likewise");
-    let through = load::run(&client, gateway_target(&gateway, &tenant, PROMPT)?, load).await?;
+    let chat = gateway_target(&gateway, &tenant, CHAT_PATH, PROMPT, MAX_TOKENS)?;
+    let through = load::run(&client, chat, load).await?;
+
+    let streamed = if args.no_stream {
+        None
+    } else {
+        let options = stream::Options {
+            requests: args.stream_requests as usize,
+            load: Load {
+                concurrency: usize::from(args.stream_concurrency),
+                warmup: load.warmup,
+                duration: Duration::from_secs(args.stream_duration_secs),
+            },
+        };
+        let pair = |prompt: &str, max_tokens: u32| {
+            Ok(stream::Pair {
+                direct: simulator_target(&simulator, STREAM_GENERATE, prompt, max_tokens),
+                gateway: gateway_target(&gateway, &tenant, STREAM_PATH, prompt, max_tokens)?,
+            })
+        };
+        Some(stream::run(&client, options, pair).await?)
+    };
 
     let report = Report {
         args: &args,
         cores,
         rows: [("simulator", &direct), ("gateway", &through)],
         dynamo: dynamo.as_ref(),
+        stream: streamed.as_ref(),
     };
     report.print();
     Ok(())
@@ -163,11 +214,15 @@ async fn start_gateway(simulator: &str, stores: Stores) -> anyhow::Result<String
     };
     let mut catalog = Catalog::builtin();
     // Team's 300 requests a minute would turn most of a run into 429s; the check itself still runs.
-    catalog
+    let plan = catalog
         .plans
         .get_mut(&PlanId::from(PLAN))
-        .with_context(|| format!("the built-in catalog has no {PLAN} plan"))?
-        .requests_per_minute = 1_000_000_000;
+        .with_context(|| format!("the built-in catalog has no {PLAN} plan"))?;
+    plan.requests_per_minute = 1_000_000_000;
+    // Team is unlimited already; said here too so that the month's messages and tokens (every
+    // request holds its max_tokens while it runs) can never end a run in 402s.
+    plan.messages_per_month = None;
+    plan.tokens_per_month = None;
     let settings = Settings {
         jwt_secret: Secret::new("bench-jwt-secret-bench-jwt-secret-0123456789"),
         token_ttl: Duration::from_secs(3600),
@@ -257,22 +312,30 @@ fn json_headers() -> HeaderMap {
     headers
 }
 
-/// The Gemini request the gateway itself sends for [`gateway_target`].
-fn simulator_target(simulator: &str) -> Target {
+/// The Gemini request the gateway itself sends for [`gateway_target`]; `action` is
+/// [`GENERATE`] or [`STREAM_GENERATE`].
+fn simulator_target(simulator: &str, action: &str, prompt: &str, max_tokens: u32) -> Target {
     let mut headers = json_headers();
     headers.insert("x-goog-api-key", HeaderValue::from_static("k"));
     Target {
-        url: format!("{simulator}/v1beta/models/{MODEL}:generateContent"),
+        url: format!("{simulator}/v1beta/models/{MODEL}:{action}"),
         headers,
         body: json!({
-            "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
-            "generationConfig": {"maxOutputTokens": MAX_TOKENS},
+            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "generationConfig": {"maxOutputTokens": max_tokens},
         })
         .to_string(),
     }
 }
 
-fn gateway_target(gateway: &str, tenant: &Tenant, prompt: &str) -> anyhow::Result<Target> {
+/// A chat at the gateway's `path` ([`CHAT_PATH`] or [`STREAM_PATH`]) as the tenant.
+fn gateway_target(
+    gateway: &str,
+    tenant: &Tenant,
+    path: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> anyhow::Result<Target> {
     let mut headers = json_headers();
     headers.insert(
         AUTHORIZATION,
@@ -280,12 +343,12 @@ fn gateway_target(gateway: &str, tenant: &Tenant, prompt: &str) -> anyhow::Resul
     );
     headers.insert("x-current-org", HeaderValue::from_str(&tenant.org)?);
     Ok(Target {
-        url: format!("{gateway}/api/v1/ai/chat"),
+        url: format!("{gateway}{path}"),
         headers,
         body: json!({
             "model": MODEL,
             "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": MAX_TOKENS,
+            "max_tokens": max_tokens,
         })
         .to_string(),
     })
@@ -299,6 +362,8 @@ struct Report<'a> {
     rows: [(&'static str, &'a Outcome); 2],
     /// With `--store dynamodb`.
     dynamo: Option<&'a Dynamo>,
+    /// Unless `--no-stream`.
+    stream: Option<&'a stream::StreamReport>,
 }
 
 impl Report<'_> {
@@ -368,6 +433,11 @@ impl Report<'_> {
             }
         }
 
+        if let Some(stream) = self.stream {
+            println!();
+            stream.print();
+        }
+
         let targets: serde_json::Map<String, Value> = self
             .rows
             .iter()
@@ -394,6 +464,7 @@ impl Report<'_> {
             "gateway_added_ms": {"p50": round2(added_p50), "p99": round2(added_p99)},
             "throughput_ratio": (ratio * 1000.0).round() / 1000.0,
             "dynamodb": dynamodb,
+            "stream": self.stream.map(stream::StreamReport::json),
         });
         println!("{line}");
     }
