@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use gateway::api::extract::MAX_BODY_BYTES;
 use gateway::catalog::ProviderKind;
@@ -151,6 +152,13 @@ pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
 
 /// Serves `router` until the process stops.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    // Without TCP_NODELAY a streamed event written right after the headers waits for the
+    // client's delayed ACK (40 ms on Linux): Nagle's algorithm would undo "no buffering".
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY on an accepted socket");
+        }
+    });
     axum::serve(listener, router).await
 }
 
