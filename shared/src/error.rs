@@ -94,6 +94,9 @@ pub enum GatewayError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The job was stored but none of its items could be queued: they are marked failed.
+    #[error("The job queue is unavailable; job {0} was not started and its items are marked failed. Retry shortly.")]
+    QueueUnavailable(crate::ids::JobId),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -134,6 +137,7 @@ impl GatewayError {
             GatewayError::Limit(LimitError::MonthlyExceeded) => StatusCode::PAYMENT_REQUIRED,
             GatewayError::Provider(e) => e.status(),
             GatewayError::Store(e) => e.status(),
+            GatewayError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

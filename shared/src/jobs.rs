@@ -272,10 +272,27 @@ pub async fn process(
 }
 
 async fn fail_for_good(state: &AppState, message: &JobMessage, reason: &str) {
+    let reason = format!("gave up after repeated failures: {reason}");
+    fail_item(state, message, &reason).await;
+    tracing::warn!(job_id = %message.job_id, item_id = %message.item_id, %reason, "job item failed for good");
+}
+
+/// Fails the items whose messages the queue would not take, so the job still finishes (partly
+/// failed) instead of waiting for ever. An item a worker got to first (its message was taken after
+/// all) is left to that worker: the claim decides, so nothing is answered and failed at once.
+pub async fn fail_unqueued(state: &AppState, unsent: &[JobMessage], reason: &str) {
+    let reason = format!("could not be queued: {reason}");
+    for message in unsent {
+        fail_item(state, message, &reason).await;
+    }
+}
+
+/// Claims an item for one last attempt and finishes it as failed; does nothing if it is finished
+/// or another attempt holds it.
+async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
     let jobs = state.stores.jobs.as_ref();
     let attempt = uuid::Uuid::now_v7().to_string();
     let now = state.clock.now().unix_timestamp();
-    let reason = format!("gave up after repeated failures: {reason}");
     let claimed = jobs
         .claim_item(
             &message.job_id,
@@ -285,19 +302,23 @@ async fn fail_for_good(state: &AppState, message: &JobMessage, reason: &str) {
             now + CLAIM_SECONDS,
         )
         .await;
-    if let Ok(true) = claimed {
-        let _ = jobs
-            .finish_item(
+    let finished = match claimed {
+        Ok(true) => {
+            jobs.finish_item(
                 &message.job_id,
                 &message.item_id,
                 &attempt,
                 ItemStatus::Failed,
                 None,
-                Some(&reason),
+                Some(reason),
             )
-            .await;
+            .await
+        }
+        other => other,
+    };
+    if let Err(error) = finished {
+        tracing::error!(job_id = %message.job_id, item_id = %message.item_id, %error, "a job item could not be marked failed");
     }
-    tracing::warn!(job_id = %message.job_id, item_id = %message.item_id, %reason, "job item failed for good");
 }
 
 #[derive(Debug, Serialize)]

@@ -18,12 +18,18 @@ pub struct JobMessage {
     pub item_id: String,
 }
 
+/// Some messages could not be queued: which, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("the job queue is unavailable: {0}")]
-pub struct QueueError(pub String);
+#[error("the job queue is unavailable: {reason}")]
+pub struct QueueError {
+    pub reason: String,
+    /// The messages that were not queued; the others were.
+    pub unsent: Vec<JobMessage>,
+}
 
 #[async_trait]
 pub trait JobQueue: Send + Sync + std::fmt::Debug {
+    /// Queues every message it can; on failure the error names the ones it could not.
     async fn enqueue(&self, messages: &[JobMessage]) -> Result<(), QueueError>;
 }
 
@@ -51,31 +57,62 @@ impl SqsQueue {
 #[async_trait]
 impl JobQueue for SqsQueue {
     async fn enqueue(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
-        // SQS takes at most ten messages a call; a batch can half-succeed, so failures are checked.
+        // SQS takes at most ten messages a call and can refuse some entries of a call it accepts:
+        // every chunk is tried, and every message not taken is reported.
+        let mut unsent = Vec::new();
+        let mut reason = None;
         for chunk in messages.chunks(10) {
-            let mut request = self.client.send_message_batch().queue_url(&self.url);
-            for (i, message) in chunk.iter().enumerate() {
-                let body = serde_json::to_string(message).map_err(|e| QueueError(e.to_string()))?;
-                request = request.entries(
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(body)
-                        .build()
-                        .map_err(|e| QueueError(e.to_string()))?,
-                );
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
-            if let Some(failed) = out.failed.first() {
-                return Err(QueueError(format!(
-                    "SQS refused a message: {}",
-                    failed.message.as_deref().unwrap_or(&failed.code)
-                )));
+            match self.send_chunk(chunk).await {
+                Ok(refused) => {
+                    for (i, why) in refused {
+                        if let Some(message) = chunk.get(i) {
+                            unsent.push(message.clone());
+                        }
+                        reason.get_or_insert(why);
+                    }
+                }
+                Err(why) => {
+                    unsent.extend_from_slice(chunk);
+                    reason.get_or_insert(why);
+                }
             }
         }
-        Ok(())
+        match reason {
+            None => Ok(()),
+            Some(reason) => Err(QueueError { reason, unsent }),
+        }
+    }
+}
+
+impl SqsQueue {
+    /// Sends up to ten messages in one call; the positions SQS refused, with why.
+    async fn send_chunk(&self, chunk: &[JobMessage]) -> Result<Vec<(usize, String)>, String> {
+        let mut request = self.client.send_message_batch().queue_url(&self.url);
+        for (i, message) in chunk.iter().enumerate() {
+            let body = serde_json::to_string(message).map_err(|e| e.to_string())?;
+            request = request.entries(
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+        Ok(out
+            .failed
+            .into_iter()
+            .filter_map(|f| {
+                let why = format!(
+                    "SQS refused a message: {}",
+                    f.message.as_deref().unwrap_or(&f.code)
+                );
+                f.id.parse().ok().map(|i| (i, why))
+            })
+            .collect())
     }
 }
 
@@ -95,10 +132,13 @@ impl LocalQueue {
 #[async_trait]
 impl JobQueue for LocalQueue {
     async fn enqueue(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
-        for message in messages {
-            self.sender
-                .send(message.clone())
-                .map_err(|_| QueueError("the local worker has stopped".into()))?;
+        for (i, message) in messages.iter().enumerate() {
+            if self.sender.send(message.clone()).is_err() {
+                return Err(QueueError {
+                    reason: "the local worker has stopped".into(),
+                    unsent: messages[i..].to_vec(),
+                });
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use gateway::clock::{self, Clock, ManualClock};
 use gateway::config::Settings;
 use gateway::ids::{JobId, OrgId, PlanId};
-use gateway::queue::SqsQueue;
+use gateway::queue::{JobMessage, JobQueue, QueueError, SqsQueue};
 use gateway::store::memory::MemoryStore;
 use gateway::store::{ItemStatus, JobItem, OrgStore, Outcome, Stores, UserStore};
 use gateway::AppState;
@@ -211,6 +211,13 @@ fn item(id: &str, prompt: &str) -> Value {
 impl Harness {
     /// `POST /api/v1/ai/jobs` as API Gateway delivers it; the job's id.
     async fn submit(&self, body: Value) -> JobId {
+        let (status, accepted) = self.submit_with(&self.state, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        JobId::from(accepted["id"].as_str().expect("job id"))
+    }
+
+    /// `POST /api/v1/ai/jobs` handled with `state`: the status and the JSON body.
+    async fn submit_with(&self, state: &AppState, body: Value) -> (StatusCode, Value) {
         let mut event: Value = serde_json::from_str(
             &include_str!("../../events/jobs-submit.json")
                 .replace("REPLACE_WITH_TOKEN", &self.token)
@@ -219,12 +226,11 @@ impl Harness {
         .expect("the sample event is JSON");
         event["body"] = Value::String(body.to_string());
         let request = lambda_http::request::from_str(&event.to_string()).expect("an API event");
-        let response = gateway::api::submit_job(&self.state, request)
+        let response = gateway::api::submit_job(state, request)
             .await
             .expect("handler");
-        let accepted: Value = serde_json::from_slice(response.body().as_ref()).expect("JSON body");
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "{accepted}");
-        JobId::from(accepted["id"].as_str().expect("job id"))
+        let body: Value = serde_json::from_slice(response.body().as_ref()).expect("JSON body");
+        (response.status(), body)
     }
 
     /// Receives what the queue has (one batch, as the event source mapping would) and hands it to
@@ -662,4 +668,123 @@ async fn a_full_minute_makes_items_wait_for_the_next() {
     assert_eq!(h.answered().await, 7);
     assert_eq!(h.queue_depth().await, 0);
     assert_eq!(h.dead_letters().await, Vec::<String>::new());
+}
+
+/// SQS in front, refusing the messages of some items as SQS refuses entries of a batch it takes.
+#[derive(Debug)]
+struct Refusing {
+    inner: SqsQueue,
+    refuse: Vec<&'static str>,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for Refusing {
+    async fn enqueue(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
+        let (unsent, sent): (Vec<JobMessage>, Vec<JobMessage>) = messages
+            .iter()
+            .cloned()
+            .partition(|m| self.refuse.contains(&m.item_id.as_str()));
+        self.inner.enqueue(&sent).await?;
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        Err(QueueError {
+            reason: "SQS refused a message: throttled".into(),
+            unsent,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_job_sqs_will_not_take_is_failed_not_left_queued() {
+    let Some(h) = harness(2).await else { return };
+    // GIVEN a queue that no longer exists
+    let gone = create_queue(
+        &h.sqs,
+        &format!("gone-{}", uuid::Uuid::new_v4().simple()),
+        HashMap::new(),
+    )
+    .await;
+    h.sqs
+        .delete_queue()
+        .queue_url(&gone)
+        .send()
+        .await
+        .expect("DeleteQueue");
+    let state = h
+        .state
+        .clone()
+        .with_queue(Arc::new(SqsQueue::new(h.sqs.clone(), gone)));
+
+    // WHEN a batch is submitted
+    let (status, body) = h
+        .submit_with(
+            &state,
+            json!({"items": [item("a", "one"), item("b", "two")]}),
+        )
+        .await;
+
+    // THEN the caller is told to retry, with a 503 naming the job
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains("was not started"), "{detail}");
+    // AND the stored job is failed, every item saying why, rather than queued for ever
+    let page = state
+        .stores
+        .jobs
+        .jobs_of(&h.org, 10, None)
+        .await
+        .expect("jobs");
+    assert_eq!(page.jobs.len(), 1);
+    let job = page.jobs[0].id.clone();
+    assert!(detail.contains(job.as_str()), "{detail}");
+    let view = h.job(&job).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    for item in view["items"].as_array().expect("items") {
+        assert_eq!(item["status"], "failed", "{item}");
+        let error = item["error"].as_str().expect("error");
+        assert!(error.starts_with("could not be queued: "), "{error}");
+    }
+    // AND nothing was charged
+    assert_eq!(h.answered().await, 0);
+}
+
+#[tokio::test]
+async fn items_sqs_refused_fail_and_the_rest_run() {
+    let Some(h) = harness(2).await else { return };
+    // GIVEN a queue that refuses item b's message and takes the others
+    let state = h.state.clone().with_queue(Arc::new(Refusing {
+        inner: SqsQueue::new(h.sqs.clone(), h.queue_url.clone()),
+        refuse: vec!["b"],
+    }));
+
+    // WHEN a batch of three is submitted
+    let (status, body) = h
+        .submit_with(
+            &state,
+            json!({"items": [item("a", "[sim:echo]one"), item("b", "two"), item("c", "[sim:echo]three")]}),
+        )
+        .await;
+
+    // THEN it is accepted: two items will run
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = JobId::from(body["id"].as_str().expect("job id"));
+    assert_eq!(h.queue_depth().await, 2);
+    let items = h.items(&job).await;
+    assert_eq!(items["b"].status, ItemStatus::Failed);
+    assert_eq!(
+        items["b"].error.as_deref(),
+        Some("could not be queued: SQS refused a message: throttled")
+    );
+
+    // AND once the worker has done the others, the job ends partially failed, not running
+    let delivery = h.work().await;
+    assert_eq!(delivery.received.len(), 2);
+    let view = h.job(&job).await;
+    assert_eq!(view["status"], "partially_failed", "{view}");
+    assert_eq!(
+        view["progress"],
+        json!({"done": 3, "total": 3, "succeeded": 2, "failed": 1})
+    );
+    assert_eq!(h.answered().await, 2);
 }

@@ -427,10 +427,15 @@ async fn submit_job_inner(
         })
         .collect();
     if let Err(err) = queue.enqueue(&messages).await {
-        tracing::error!(job_id = %job.id, error = %err, "a job could not be queued");
-        return Err(StoreError::Unavailable(err.to_string()).into());
+        tracing::error!(job_id = %job.id, error = %err, unsent = err.unsent.len(), "job items could not be queued");
+        jobs::fail_unqueued(state, &err.unsent, &err.reason).await;
+        if err.unsent.len() == messages.len() {
+            // Nothing will run: the job is failed and the caller told to try again.
+            return Err(GatewayError::QueueUnavailable(job.id));
+        }
+    } else {
+        tracing::info!(job_id = %job.id, org_id = %job.org, items = job.total, "job queued");
     }
-    tracing::info!(job_id = %job.id, org_id = %job.org, items = job.total, "job queued");
     Ok(json(
         StatusCode::ACCEPTED,
         &Accepted {
