@@ -416,8 +416,13 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         }
     };
     let meter = state.stores.meter.as_ref();
-    let ticket = match limits::admit(meter, now, &job.org, plan, &prepared).await {
-        Ok(ticket) => ticket,
+    // The membership was just read: nothing remembered to confirm.
+    let ticket = match limits::admit(meter, now, &job.org, plan, &prepared, None).await {
+        Ok(limits::Verdict::Admitted(ticket)) => ticket,
+        Ok(limits::Verdict::AccessChanged) => {
+            release().await?;
+            return Ok(Disposition::Retry("the org's access changed".into()));
+        }
         Err(GatewayError::Limit(LimitError::RateLimited { .. })) => {
             // The minute is full: the item waits for its message to come back.
             release().await?;

@@ -1,6 +1,7 @@
 //! The AI gateway: identity, plans and models, provider adapters, the store, and the HTTP handlers
 //! that every Lambda function and the local server share line for line.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod auth;

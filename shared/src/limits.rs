@@ -15,7 +15,9 @@ use crate::clock;
 use crate::error::{GatewayError, LimitError};
 use crate::ids::{OrgId, UserId};
 use crate::providers::ChatRequest;
-use crate::store::{Admission, AdmitOutcome, Hold, MeterStore, Outcome, RequestRecord, Settlement};
+use crate::store::{
+    AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, Outcome, RequestRecord, Settlement,
+};
 
 /// How long a hold lives before it counts as abandoned: far longer than any function may run.
 pub const HOLD_SECONDS: i64 = 15 * 60;
@@ -53,14 +55,24 @@ pub fn input_upper_bound(request: &ChatRequest) -> u64 {
     text as u64 + TOKENS_PER_MESSAGE * (request.turns.len() as u64 + 2)
 }
 
-/// Admits a request against the org's plan, or says why not.
+/// What admission decided, when it is not a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Admitted(Ticket),
+    /// The access the caller remembered (`access`) no longer holds; nothing was taken.
+    AccessChanged,
+}
+
+/// Admits a request against the org's plan, or says why not. With `access`, the plan and the
+/// membership the caller remembered are confirmed in the same step as the rate slot is taken.
 pub async fn admit(
     meter: &dyn MeterStore,
     now: OffsetDateTime,
     org: &OrgId,
     plan: &Plan,
     chat: &PreparedChat,
-) -> Result<Ticket, GatewayError> {
+    mut access: Option<AccessCheck>,
+) -> Result<Verdict, GatewayError> {
     let unix = now.unix_timestamp();
     let minute = unix.div_euclid(60);
     let reset_secs = (60 - unix.rem_euclid(60)) as u64;
@@ -87,10 +99,13 @@ pub async fn admit(
             // Clean-up only: the window is in the key, so a late delete changes nothing.
             rate_expires_at: (minute + 1) * 60 + 3600,
             month_expires_at: month_end + 35 * 86_400,
+            // Confirmed once is enough: a retry below reuses what the first attempt read.
+            access: access.take(),
         };
         match meter.admit(&admission).await? {
+            AdmitOutcome::AccessChanged => return Ok(Verdict::AccessChanged),
             AdmitOutcome::Admitted { requests_in_window } => {
-                return Ok(Ticket {
+                return Ok(Verdict::Admitted(Ticket {
                     request_id,
                     month,
                     hold_tokens: admission.hold.tokens,
@@ -100,7 +115,7 @@ pub async fn admit(
                         remaining: plan.requests_per_minute.saturating_sub(requests_in_window),
                         reset_secs,
                     },
-                });
+                }));
             }
             AdmitOutcome::RateLimited { .. } => {
                 return Err(LimitError::RateLimited {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::access::AccessCache;
 use crate::auth::TokenIssuer;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
@@ -23,6 +24,8 @@ pub struct AppState {
     /// Where job items are sent; `None` where jobs are not offered.
     pub queue: Option<Queue>,
     pub jobs_max_receives: u32,
+    /// Memberships this process read recently, confirmed again by every admission.
+    pub access: Arc<AccessCache>,
 }
 
 /// Why a function could not start.
@@ -45,6 +48,7 @@ impl AppState {
             request_retention: settings.request_retention,
             queue: None,
             jobs_max_receives: settings.jobs_max_receives,
+            access: Arc::new(AccessCache::new()),
         })
     }
 

@@ -11,10 +11,10 @@ use gateway::catalog::{Catalog, ModelSet, Plan};
 use gateway::chat::PreparedChat;
 use gateway::error::{GatewayError, LimitError};
 use gateway::ids::{ModelId, OrgId, PlanId, UserId};
-use gateway::limits::{self, Ticket};
+use gateway::limits::{self, Ticket, Verdict};
 use gateway::providers::{ChatRequest, ProviderError, ProviderErrorKind, Speaker, Turn, Usage};
 use gateway::store::memory::MemoryStore;
-use gateway::store::{Outcome, Store};
+use gateway::store::{AccessCheck, Outcome, Store};
 use gateway::usage;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -67,7 +67,26 @@ async fn admit(
     plan: &Plan,
     max_tokens: u32,
 ) -> Result<Ticket, GatewayError> {
-    limits::admit(store.as_ref(), now, org, plan, &chat(max_tokens)).await
+    let verdict = limits::admit(store.as_ref(), now, org, plan, &chat(max_tokens), None).await?;
+    match verdict {
+        Verdict::Admitted(ticket) => Ok(ticket),
+        Verdict::AccessChanged => panic!("no access was remembered, so none can have changed"),
+    }
+}
+
+/// Admission on remembered access: `user` in `org` on plan `assumed`.
+async fn admit_as(
+    store: &Arc<dyn Store>,
+    org: &OrgId,
+    user: &UserId,
+    assumed: &str,
+    plan: &Plan,
+) -> Result<Verdict, GatewayError> {
+    let check = AccessCheck {
+        user: user.clone(),
+        plan: PlanId::from(assumed),
+    };
+    limits::admit(store.as_ref(), NOW, org, plan, &chat(10), Some(check)).await
 }
 
 async fn settle(
@@ -378,6 +397,70 @@ async fn settling_twice_counts_once_and_aggregates_match_records(store: Arc<dyn 
     assert!(breakdown.cost > 0.0 && breakdown.cost == report.total_cost);
 }
 
+async fn admission_confirms_remembered_access_and_takes_nothing_if_it_changed(
+    store: Arc<dyn Store>,
+) {
+    // GIVEN an org on the free plan, its owner, and someone else
+    let owner = common::user(&format!("{}@example.com", uuid::Uuid::new_v4().simple()));
+    store.create_user(&owner).await.expect("user");
+    let record = common::org(
+        &uuid::Uuid::new_v4().simple().to_string(),
+        &owner.id,
+        "2030-11-01T00:00:00Z",
+    );
+    store
+        .create_org(&record, "2030-11-01T00:00:00Z")
+        .await
+        .expect("org");
+    let org = record.id.clone();
+    let rpm_2 = plan(2, Some(100), None);
+
+    // WHEN the owner is admitted on the plan it remembered, THEN it is let in
+    let first = admit_as(&store, &org, &owner.id, "free", &rpm_2).await;
+    assert!(matches!(first, Ok(Verdict::Admitted(_))), "{first:?}");
+
+    // WHEN an operator moves the org to pro and a request still assumes free
+    store
+        .set_plan(&org, &PlanId::from("pro"))
+        .await
+        .expect("set plan");
+    let stale = admit_as(&store, &org, &owner.id, "free", &rpm_2).await;
+    // THEN admission says so and takes nothing
+    assert!(matches!(stale, Ok(Verdict::AccessChanged)), "{stale:?}");
+    // AND so for a non-member, and for an org that does not exist
+    let stranger = UserId::from("not-a-member");
+    let outsider = admit_as(&store, &org, &stranger, "pro", &rpm_2).await;
+    assert!(
+        matches!(outsider, Ok(Verdict::AccessChanged)),
+        "{outsider:?}"
+    );
+    let nowhere = admit_as(&store, &OrgId::generate(), &owner.id, "pro", &rpm_2).await;
+    assert!(matches!(nowhere, Ok(Verdict::AccessChanged)), "{nowhere:?}");
+
+    // THEN the refused requests hold no rate slot and no message: the second slot is still free
+    let second = admit_as(&store, &org, &owner.id, "pro", &rpm_2).await;
+    match second {
+        Ok(Verdict::Admitted(ticket)) => assert_eq!(ticket.rate.remaining, 0),
+        other => panic!("expected the second slot, got {other:?}"),
+    }
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
+    assert_eq!(counter.messages, 2);
+    // AND a full window on a changed plan is reported as the change, not as the limit
+    let changed_and_full = admit_as(&store, &org, &owner.id, "free", &rpm_2).await;
+    assert!(
+        matches!(changed_and_full, Ok(Verdict::AccessChanged)),
+        "{changed_and_full:?}"
+    );
+    let full = admit_as(&store, &org, &owner.id, "pro", &rpm_2).await;
+    assert!(
+        matches!(
+            full,
+            Err(GatewayError::Limit(LimitError::RateLimited { .. }))
+        ),
+        "the window is full: {full:?}"
+    );
+}
+
 macro_rules! meter_contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -414,6 +497,7 @@ meter_contract!(
     a_failed_provider_call_gives_its_message_and_hold_back,
     a_crashed_requests_hold_is_recovered,
     settling_twice_counts_once_and_aggregates_match_records,
+    admission_confirms_remembered_access_and_takes_nothing_if_it_changed,
 );
 
 #[tokio::test]

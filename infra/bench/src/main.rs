@@ -88,6 +88,8 @@ struct Dynamo {
     endpoint: String,
     store: Arc<DynamoStore>,
     cost: Option<store::RequestCost>,
+    /// The same for a caller the gateway process had not seen (its month counter new too).
+    first_cost: Option<store::RequestCost>,
 }
 
 #[tokio::main]
@@ -108,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
                 endpoint,
                 store,
                 cost: None,
+                first_cost: None,
             })
         }
     };
@@ -122,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
-    let tenant = set_up_tenant(&client, &gateway).await?;
+    let tenant = set_up_tenant(&client, &gateway, "bench").await?;
 
     if let Some(dynamo) = &mut dynamo {
         eprintln!(
@@ -144,6 +147,12 @@ async fn main() -> anyhow::Result<()> {
         );
         let target = gateway_target(&gateway, &tenant, CHAT_PATH, &slow, MAX_TOKENS)?;
         dynamo.cost = Some(store::measure_one(&client, &target, dynamo.store.metrics()).await?);
+        // And a request from a caller this process has not seen yet: its membership is read
+        // before admission rather than confirmed during it.
+        let newcomer = set_up_tenant(&client, &gateway, "bench-newcomer").await?;
+        let target = gateway_target(&gateway, &newcomer, CHAT_PATH, &slow, MAX_TOKENS)?;
+        dynamo.first_cost =
+            Some(store::measure_one(&client, &target, dynamo.store.metrics()).await?);
     }
 
     eprintln!(
@@ -254,8 +263,9 @@ struct Tenant {
 }
 
 /// Register, log in, create an org, move it to the team plan: the seed's flow plus the operator.
-async fn set_up_tenant(client: &Client, gateway: &str) -> anyhow::Result<Tenant> {
-    let email = "bench@example.com";
+async fn set_up_tenant(client: &Client, gateway: &str, name: &str) -> anyhow::Result<Tenant> {
+    let email = format!("{name}@example.com");
+    let email = email.as_str();
     let registered = client
         .post(format!("{gateway}/api/v1/auth/register"))
         .json(&json!({"email": email, "password": PASSWORD}))
@@ -277,7 +287,7 @@ async fn set_up_tenant(client: &Client, gateway: &str) -> anyhow::Result<Tenant>
     let org = client
         .post(format!("{gateway}/api/v1/orgs"))
         .bearer_auth(&token)
-        .json(&json!({"name": "Bench", "slug": "bench"}))
+        .json(&json!({"name": name, "slug": name}))
         .send()
         .await?;
     let org = expect(org, StatusCode::CREATED, "create org").await?;
@@ -417,8 +427,8 @@ impl Report<'_> {
             );
             println!("one chat request alone, as the store counted it:");
             println!(
-                "  {:<22} {:>11} {:>10} {:>11}",
-                "", "round trips", "read units", "write units"
+                "  {:<22} {:>11} {:>11} {:>10} {:>11}",
+                "", "round trips", "in sequence", "read units", "write units"
             );
             let total = cost.total();
             for (name, part) in [
@@ -427,8 +437,15 @@ impl Report<'_> {
                 ("whole request", total),
             ] {
                 println!(
-                    "  {name:<22} {:>11} {:>10.1} {:>11.1}",
-                    part.round_trips, part.read_units, part.write_units
+                    "  {name:<22} {:>11} {:>11} {:>10.1} {:>11.1}",
+                    part.round_trips, part.steps, part.read_units, part.write_units
+                );
+            }
+            if let Some(first) = dynamo.first_cost {
+                println!(
+                    "  a caller's first request to this process: {} round trips before the \
+                     provider, {} in sequence",
+                    first.before.round_trips, first.before.steps
                 );
             }
         }
@@ -446,7 +463,9 @@ impl Report<'_> {
         let dynamodb = cost.map(|cost| {
             json!({
                 "round_trips_before": cost.before.round_trips,
+                "sequential_round_trips_before": cost.before.steps,
                 "round_trips_after": cost.after.round_trips,
+                "sequential_round_trips_after": cost.after.steps,
                 "read_units": cost.total().read_units,
                 "write_units": cost.total().write_units,
             })

@@ -647,8 +647,11 @@ async fn usage_is_metered_exactly_and_monthly_limits_answer_402() {
     let (status, _) = usage_report(&gw, &tenant, "?month=2026-13").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    // AND on the team plan the limits are null
+    // AND once an operator moves the org to team, the very next request is let in and the
+    // limits are null
     assert_eq!(gw.set_plan(&tenant.org, "team").await.0, StatusCode::OK);
+    let (status, body) = gw.chat(&tenant, hello("gpt-4o-mini")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (_, report) = usage_report(&gw, &tenant, "").await;
     assert_eq!(report["messages_limit"], Value::Null);
     assert_eq!(report["tokens_limit"], Value::Null);

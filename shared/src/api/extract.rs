@@ -79,12 +79,8 @@ pub fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> 
     state.tokens.verify(bearer_token(request.headers())?)
 }
 
-/// The organisation named by `X-Current-Org`, which the caller must belong to.
-pub async fn current_org(
-    state: &AppState,
-    request: &Request,
-    caller: &Caller,
-) -> Result<Membership, GatewayError> {
+/// The org id in `X-Current-Org`.
+fn org_header(request: &Request) -> Result<OrgId, AuthError> {
     let org = request
         .headers()
         .get("x-current-org")
@@ -94,13 +90,46 @@ pub async fn current_org(
         .ok_or(AuthError::MissingOrgHeader)?;
     // Ids are UUIDs; anything longer is nobody's org, and is not worth a read.
     if org.len() > 64 {
-        return Err(AuthError::OrgNotFound(org.chars().take(64).collect()).into());
+        return Err(AuthError::OrgNotFound(org.chars().take(64).collect()));
     }
-    let org = OrgId::from(org);
+    Ok(OrgId::from(org))
+}
+
+/// The organisation named by `X-Current-Org`, which the caller must belong to, read from the store.
+pub async fn current_org(
+    state: &AppState,
+    request: &Request,
+    caller: &Caller,
+) -> Result<Membership, GatewayError> {
+    read_access(state, org_header(request)?, caller).await
+}
+
+async fn read_access(
+    state: &AppState,
+    org: OrgId,
+    caller: &Caller,
+) -> Result<Membership, GatewayError> {
     match state.stores.orgs.org_access(&org, &caller.user_id).await? {
-        OrgAccess::Member(membership) => Ok(membership),
+        OrgAccess::Member(membership) => {
+            state.access.remember(&caller.user_id, &membership);
+            Ok(membership)
+        }
         OrgAccess::NotMember => Err(AuthError::NotMember(org.to_string()).into()),
         OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
+    }
+}
+
+/// The caller's membership in the org named by `X-Current-Org`: as this process last read it if it
+/// did recently (`true`: to be confirmed by admission), else read from the store (`false`).
+pub async fn recalled_org(
+    state: &AppState,
+    request: &Request,
+    caller: &Caller,
+) -> Result<(Membership, bool), GatewayError> {
+    let org = org_header(request)?;
+    match state.access.recall(&org, &caller.user_id) {
+        Some(membership) => Ok((membership, true)),
+        None => Ok((read_access(state, org, caller).await?, false)),
     }
 }
 

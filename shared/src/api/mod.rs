@@ -12,19 +12,19 @@ use http::{Method, StatusCode};
 use lambda_http::Request;
 use serde::{Deserialize, Serialize};
 
-use crate::auth;
+use crate::auth::{self, Caller};
 use crate::catalog::Plan;
-use crate::chat::{self, ChatBody};
+use crate::chat::{self, ChatBody, PreparedChat};
 use crate::clock;
 use crate::error::{AuthError, GatewayError, PlanError, RequestError};
 use crate::ids::{OrgId, UserId};
 use crate::jobs;
-use crate::limits;
+use crate::limits::{self, Ticket, Verdict};
 use crate::queue::JobMessage;
 use crate::state::AppState;
-use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
+use crate::store::{AccessCheck, Membership, OrgRecord, StoreError, UserRecord};
 use crate::usage;
-use extract::{caller, current_org, form_body, json_body};
+use extract::{caller, current_org, form_body, json_body, recalled_org};
 use respond::{finish, json, HttpResponse};
 
 /// What every handler returns to `lambda_http`: errors are already responses.
@@ -275,20 +275,22 @@ pub async fn chat(state: &AppState, request: Request) -> HandlerResult {
 
 async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
-    let membership = current_org(state, request, &caller).await?;
-    let body: ChatBody = json_body(request)?;
-    if body.stream == Some(true) {
-        return Err(RequestError::InvalidField(
-            "stream: streaming answers are served by POST /api/v1/ai/chat/stream".into(),
-        )
-        .into());
-    }
-    let plan = plan_of(state, &membership)?;
-    let mut prepared = chat::prepare(&state.catalog, plan, body)?;
+    let AdmittedChat {
+        membership,
+        prepared,
+        ticket,
+    } = admit_chat(state, request, &caller, |body| {
+        if body.stream == Some(true) {
+            return Err(RequestError::InvalidField(
+                "stream: streaming answers are served by POST /api/v1/ai/chat/stream".into(),
+            )
+            .into());
+        }
+        Ok(())
+    })
+    .await?;
     let org = &membership.org.id;
     let meter = state.stores.meter.as_ref();
-    let ticket = limits::admit(meter, state.clock.now(), org, plan, &prepared).await?;
-    prepared.request.max_tokens = ticket.max_tokens;
 
     let started = std::time::Instant::now();
     let result = chat::answer(&state.providers, &prepared).await;
@@ -316,6 +318,78 @@ async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse,
     };
     respond::rate_headers(&mut response, ticket.rate);
     Ok(response)
+}
+
+/// A chat request let in: whose, what it asks (`max_tokens` as admitted), and its ticket.
+pub(crate) struct AdmittedChat {
+    pub membership: Membership,
+    pub prepared: PreparedChat,
+    pub ticket: Ticket,
+}
+
+/// The checks of a chat request, in SPEC's order (org, body, plan, rate, month), then admission.
+/// `check_body` adds the endpoint's own rule on the parsed body.
+///
+/// When this process read the caller's membership recently, it is not read first: admission
+/// confirms it while it takes the rate slot, one round trip instead of two. If it changed, or if
+/// the remembered plan would refuse the request, everything is done again on a fresh read.
+pub(crate) async fn admit_chat(
+    state: &AppState,
+    request: &Request,
+    caller: &Caller,
+    check_body: impl Fn(&ChatBody) -> Result<(), GatewayError>,
+) -> Result<AdmittedChat, GatewayError> {
+    let (recalled, was_recalled) = recalled_org(state, request, caller).await?;
+    let body: ChatBody = json_body(request)?;
+    check_body(&body)?;
+    let meter = state.stores.meter.as_ref();
+    let membership = if was_recalled {
+        let org = recalled.org.id.clone();
+        let admitted = match plan_of(state, &recalled)
+            .and_then(|plan| Ok((plan, chat::prepare(&state.catalog, plan, body.clone())?)))
+        {
+            Ok((plan, prepared)) => {
+                let check = AccessCheck {
+                    user: caller.user_id.clone(),
+                    plan: recalled.org.plan.clone(),
+                };
+                let now = state.clock.now();
+                match limits::admit(meter, now, &org, plan, &prepared, Some(check)).await? {
+                    Verdict::Admitted(ticket) => Some((prepared, ticket)),
+                    Verdict::AccessChanged => None,
+                }
+            }
+            Err(_) => None, // Refusals are only ever given on a fresh read.
+        };
+        if let Some((mut prepared, ticket)) = admitted {
+            prepared.request.max_tokens = ticket.max_tokens;
+            return Ok(AdmittedChat {
+                membership: recalled,
+                prepared,
+                ticket,
+            });
+        }
+        state.access.forget(&org, &caller.user_id);
+        current_org(state, request, caller).await?
+    } else {
+        recalled
+    };
+    let plan = plan_of(state, &membership)?;
+    let mut prepared = chat::prepare(&state.catalog, plan, body)?;
+    let now = state.clock.now();
+    let org = &membership.org.id;
+    let Verdict::Admitted(ticket) = limits::admit(meter, now, org, plan, &prepared, None).await?
+    else {
+        return Err(GatewayError::Internal(
+            "admission without an access check reported changed access".into(),
+        ));
+    };
+    prepared.request.max_tokens = ticket.max_tokens;
+    Ok(AdmittedChat {
+        membership,
+        prepared,
+        ticket,
+    })
 }
 
 fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {

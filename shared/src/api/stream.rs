@@ -15,9 +15,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::extract::{caller, current_org, json_body};
-use super::{plan_of, respond, sse};
-use crate::chat::{self, ChatBody, PreparedChat};
+use super::extract::caller;
+use super::{admit_chat, respond, sse, AdmittedChat};
+use crate::chat::PreparedChat;
 use crate::error::GatewayError;
 use crate::ids::{OrgId, UserId};
 use crate::limits::{self, Ticket};
@@ -53,20 +53,12 @@ pub async fn chat_stream(
 
 async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, GatewayError> {
     let caller = caller(state, request)?;
-    let membership = current_org(state, request, &caller).await?;
-    let body: ChatBody = json_body(request)?;
-    let plan = plan_of(state, &membership)?;
-    let mut prepared = chat::prepare(&state.catalog, plan, body)?;
+    let AdmittedChat {
+        membership,
+        prepared,
+        ticket,
+    } = admit_chat(state, request, &caller, |_| Ok(())).await?;
     let org = membership.org.id.clone();
-    let ticket = limits::admit(
-        state.stores.meter.as_ref(),
-        state.clock.now(),
-        &org,
-        plan,
-        &prepared,
-    )
-    .await?;
-    prepared.request.max_tokens = ticket.max_tokens;
 
     let started = Instant::now();
     let provider = state.providers.get(prepared.model.provider);

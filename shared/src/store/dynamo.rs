@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation as op;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, KeySchemaElement, KeyType,
     KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValue,
@@ -60,6 +61,8 @@ pub struct DynamoStore {
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
     round_trips: AtomicU64,
+    steps: AtomicU64,
+    in_flight: AtomicU64,
     /// Capacity in thousandths of a unit: DynamoDB's units are multiples of 0.5, so nothing is lost.
     read_milli_units: AtomicU64,
     write_milli_units: AtomicU64,
@@ -69,6 +72,9 @@ pub struct StoreMetrics {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MetricsSnapshot {
     pub round_trips: u64,
+    /// Round trips one after the other: requests sent while none was in flight. Requests sent
+    /// together count once, so for one request alone this is its wait on DynamoDB in round trips.
+    pub steps: u64,
     pub read_units: f64,
     pub write_units: f64,
 }
@@ -78,6 +84,7 @@ impl std::ops::Add for MetricsSnapshot {
     fn add(self, other: MetricsSnapshot) -> MetricsSnapshot {
         MetricsSnapshot {
             round_trips: self.round_trips + other.round_trips,
+            steps: self.steps + other.steps,
             read_units: self.read_units + other.read_units,
             write_units: self.write_units + other.write_units,
         }
@@ -89,6 +96,7 @@ impl std::ops::Sub for MetricsSnapshot {
     fn sub(self, earlier: MetricsSnapshot) -> MetricsSnapshot {
         MetricsSnapshot {
             round_trips: self.round_trips.saturating_sub(earlier.round_trips),
+            steps: self.steps.saturating_sub(earlier.steps),
             read_units: self.read_units - earlier.read_units,
             write_units: self.write_units - earlier.write_units,
         }
@@ -108,9 +116,18 @@ impl StoreMetrics {
         let units = |milli: &AtomicU64| milli.load(Ordering::Relaxed) as f64 / 1000.0;
         MetricsSnapshot {
             round_trips: self.round_trips.load(Ordering::Relaxed),
+            steps: self.steps.load(Ordering::Relaxed),
             read_units: units(&self.read_milli_units),
             write_units: units(&self.write_milli_units),
         }
+    }
+
+    /// Marks a request sent until the guard is dropped: a new step if none was in flight.
+    fn take_off(&self) -> InFlight<'_> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.steps.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight(self)
     }
 
     /// Counts one round trip and the capacity its answer reports.
@@ -169,18 +186,34 @@ reports_capacity!(per table: op::batch_get_item::BatchGetItemOutput,
 reports_capacity!(none: op::describe_table::DescribeTableOutput,
     op::create_table::CreateTableOutput, op::update_time_to_live::UpdateTimeToLiveOutput);
 
-/// Records a sent request in [`StoreMetrics`]: `client.op()….send().await.metered(…)`.
-trait Metered {
-    fn metered(self, metrics: &StoreMetrics, units: Units) -> Self;
+/// A request in flight, for [`StoreMetrics`]' steps; landed when dropped (cancelled or answered).
+struct InFlight<'a>(&'a StoreMetrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
-impl<T: ReportsCapacity, E> Metered for Result<T, E> {
-    fn metered(self, metrics: &StoreMetrics, units: Units) -> Self {
+/// Records a request in [`StoreMetrics`] as it is sent: `client.op()….send().metered(…).await`.
+trait Metered<T, E> {
+    async fn metered(self, metrics: &StoreMetrics, units: Units) -> Result<T, E>;
+}
+
+impl<F, T, E> Metered<T, E> for F
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    T: ReportsCapacity,
+{
+    async fn metered(self, metrics: &StoreMetrics, units: Units) -> Result<T, E> {
+        let flight = metrics.take_off();
+        let result = self.await;
+        drop(flight);
         // An error carries no consumed capacity (not even a refused conditional write, which is
         // charged): the round trip still counts.
-        let consumed = self.as_ref().map_or(&[][..], ReportsCapacity::consumed);
+        let consumed = result.as_ref().map_or(&[][..], ReportsCapacity::consumed);
         metrics.record(units, consumed);
-        self
+        result
     }
 }
 
@@ -294,8 +327,8 @@ impl DynamoStore {
             .describe_table()
             .table_name(&self.table)
             .send()
-            .await
-            .metered(&self.metrics, Units::Read);
+            .metered(&self.metrics, Units::Read)
+            .await;
         match exists {
             Ok(_) => return Ok(()),
             Err(err)
@@ -328,8 +361,8 @@ impl DynamoStore {
             .key_schema(key_element("pk", KeyType::Hash)?)
             .key_schema(key_element("sk", KeyType::Range)?)
             .send()
-            .await
-            .metered(&self.metrics, Units::Write);
+            .metered(&self.metrics, Units::Write)
+            .await;
         if let Err(err) = created {
             // Another process may have created it between our describe and create.
             if err.code() != Some("ResourceInUseException") {
@@ -347,8 +380,8 @@ impl DynamoStore {
                     .map_err(build_error)?,
             )
             .send()
-            .await
             .metered(&self.metrics, Units::Write)
+            .await
             .map(|_| ())
             .or_else(|err| {
                 // Enabling TTL twice is refused; that is fine.
@@ -379,8 +412,8 @@ impl DynamoStore {
                     .request_items(&self.table, request)
                     .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
-                    .await
                     .metered(&self.metrics, Units::Read)
+                    .await
                     .map_err(unavailable)?;
                 if let Some(mut responses) = out.responses {
                     found.extend(responses.remove(&self.table).unwrap_or_default());
@@ -421,8 +454,8 @@ impl UserStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
             .metered(&self.metrics, Units::Write)
+            .await
             .map(|_| ())
             .map_err(|err| {
                 if err
@@ -445,8 +478,8 @@ impl UserStore for DynamoStore {
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
             .metered(&self.metrics, Units::Read)
+            .await
             .map_err(unavailable)?;
         out.item.as_ref().map(UserRecord::try_from).transpose()
     }
@@ -500,8 +533,8 @@ impl OrgStore for DynamoStore {
             let sent = request
                 .clone()
                 .send()
-                .await
-                .metered(&self.metrics, Units::Write);
+                .metered(&self.metrics, Units::Write)
+                .await;
             let Err(err) = sent else {
                 return Ok(());
             };
@@ -538,8 +571,8 @@ impl OrgStore for DynamoStore {
                 .set_exclusive_start_key(start.take())
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
-                .await
                 .metered(&self.metrics, Units::Read)
+                .await
                 .map_err(unavailable)?;
             listings.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
@@ -601,8 +634,8 @@ impl OrgStore for DynamoStore {
             .expression_attribute_values(":plan", s(plan.as_str()))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
             .metered(&self.metrics, Units::Write)
+            .await
             .map(|_| ())
             .map_err(|err| {
                 if err
@@ -733,6 +766,12 @@ fn record_item(record: &RequestRecord, month: &str) -> Item {
     item
 }
 
+/// The outcome of asking for a slot in a minute window, with the window's count.
+enum RateSlot {
+    Taken(u64),
+    Full(u64),
+}
+
 fn is_condition_failure<E: ProvideErrorMetadata>(err: &E) -> bool {
     err.code() == Some("ConditionalCheckFailedException")
 }
@@ -762,8 +801,8 @@ impl DynamoStore {
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
             .metered(&self.metrics, Units::Read)
+            .await
             .map_err(unavailable)?;
         out.item
             .as_ref()
@@ -786,14 +825,46 @@ impl DynamoStore {
                 .set_exclusive_start_key(start.take())
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
-                .await
                 .metered(&self.metrics, Units::Read)
+                .await
                 .map_err(unavailable)?;
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
                 _ => return Ok(items),
             }
+        }
+    }
+
+    /// Takes a slot in the org's minute window if one is free: one conditional ADD.
+    async fn take_rate_slot(&self, a: &Admission) -> Result<RateSlot, StoreError> {
+        let rate = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{}#{}", a.org, a.minute), "RATE")))
+            .update_expression("ADD requests :one SET expires_at = :ttl")
+            .condition_expression("attribute_not_exists(requests) OR requests < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(a.rate_expires_at))
+            .expression_attribute_values(":limit", n(a.requests_per_minute))
+            .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .metered(&self.metrics, Units::Write)
+            .await;
+        match rate {
+            Ok(out) => Ok(RateSlot::Taken(get_u64(
+                &out.attributes.unwrap_or_default(),
+                "requests",
+            )?)),
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(RateSlot::Full(
+                    get_u64(c.item.as_ref().unwrap_or(&Item::new()), "requests")?,
+                )),
+                _ => Err(unavailable(err)),
+            },
         }
     }
 
@@ -809,8 +880,8 @@ impl DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
             .metered(&self.metrics, Units::Write)
+            .await
             .map(|_| ())
             .or_else(|err| {
                 if err.as_service_error().is_some_and(is_condition_failure) {
@@ -825,38 +896,36 @@ impl DynamoStore {
 #[async_trait]
 impl MeterStore for DynamoStore {
     async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
-        // The rate window first: one conditional ADD on the window's own item.
-        let rate = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("RATE#{}#{}", a.org, a.minute), "RATE")))
-            .update_expression("ADD requests :one SET expires_at = :ttl")
-            .condition_expression("attribute_not_exists(requests) OR requests < :limit")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":ttl", n(a.rate_expires_at))
-            .expression_attribute_values(":limit", n(a.requests_per_minute))
-            .return_values(ReturnValue::UpdatedNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await
-            .metered(&self.metrics, Units::Write);
-        let requests_in_window = match rate {
-            Ok(out) => get_u64(&out.attributes.unwrap_or_default(), "requests")?,
-            Err(err) => {
-                return match err.as_service_error() {
-                    Some(e) if e.is_conditional_check_failed_exception() => {
-                        let old = match e {
-                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item.clone().unwrap_or_default(),
-                            _ => Item::new(),
-                        };
-                        Ok(AdmitOutcome::RateLimited {
-                            requests_in_window: get_u64(&old, "requests")?,
-                        })
-                    }
-                    _ => Err(unavailable(err)),
-                };
+        // The rate window first: one conditional ADD on the window's own item. Access the caller
+        // remembered is read at the same time, so confirming it costs no round trip of its own.
+        let (rate, access) = match &a.access {
+            None => (self.take_rate_slot(a).await, None),
+            Some(check) => {
+                let (rate, access) =
+                    tokio::join!(self.take_rate_slot(a), self.org_access(&a.org, &check.user));
+                (rate, Some((check, access)))
+            }
+        };
+        if let Some((check, access)) = access {
+            let confirmed = match access {
+                Ok(OrgAccess::Member(m)) => Ok(m.org.plan == check.plan),
+                Ok(_) => Ok(false),
+                Err(err) => Err(err),
+            };
+            if !matches!(confirmed, Ok(true)) {
+                // Nothing may stay written for a request admitted on access that no longer holds.
+                if let Ok(RateSlot::Taken(_)) = rate {
+                    self.release_rate_slot(a).await?;
+                }
+                return confirmed.map(|_| AdmitOutcome::AccessChanged);
+            }
+        }
+        let requests_in_window = match rate? {
+            RateSlot::Taken(requests) => requests,
+            RateSlot::Full(requests) => {
+                return Ok(AdmitOutcome::RateLimited {
+                    requests_in_window: requests,
+                })
             }
         };
 
@@ -902,11 +971,11 @@ impl MeterStore for DynamoStore {
         if !conditions.is_empty() {
             request = request.condition_expression(conditions.join(" AND "));
         }
-        match request.send().await.metered(&self.metrics, Units::Write) {
+        match request.send().metered(&self.metrics, Units::Write).await {
             Ok(_) => Ok(AdmitOutcome::Admitted { requests_in_window }),
             Err(err) => {
                 let old = match err.as_service_error() {
-                    Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                         Some(c.item.clone().unwrap_or_default())
                     }
                     _ => None,
@@ -1040,7 +1109,7 @@ impl MeterStore for DynamoStore {
             for write in &job_writes {
                 request = request.transact_items(write.clone());
             }
-            let Err(err) = request.send().await.metered(&self.metrics, Units::Write) else {
+            let Err(err) = request.send().metered(&self.metrics, Units::Write).await else {
                 return Ok(());
             };
             let codes = cancellation_codes(&err).unwrap_or_default();
@@ -1115,6 +1184,7 @@ mod tests {
         // THEN each lands on its side
         let want = MetricsSnapshot {
             round_trips: 2,
+            steps: 0,
             read_units: 0.5,
             write_units: 2.0,
         };
@@ -1133,17 +1203,37 @@ mod tests {
         assert_eq!(metrics.snapshot().write_units, 2.0);
     }
 
-    #[test]
-    fn a_failed_request_is_a_round_trip_without_units() {
+    #[tokio::test]
+    async fn a_failed_request_is_a_round_trip_without_units() {
         // GIVEN a request that failed (errors carry no consumed capacity)
         let metrics = StoreMetrics::default();
         let before = metrics.snapshot();
-        let failed: Result<op::put_item::PutItemOutput, &str> = Err("refused");
+        let failed = async { Err::<op::put_item::PutItemOutput, &str>("refused") };
         // WHEN it is metered
-        let _ = failed.metered(&metrics, Units::Write);
+        let _ = failed.metered(&metrics, Units::Write).await;
         // THEN it counts once and consumes nothing we can see
         let delta = metrics.snapshot() - before;
-        assert_eq!(delta.round_trips, 1);
+        assert_eq!((delta.round_trips, delta.steps), (1, 1));
         assert_eq!(delta.write_units, 0.0);
+    }
+
+    #[tokio::test]
+    async fn requests_sent_together_are_one_step() {
+        // GIVEN two requests in flight at once, then one after them
+        let metrics = StoreMetrics::default();
+        let answer = || async {
+            tokio::task::yield_now().await;
+            Ok::<_, &str>(op::get_item::GetItemOutput::builder().build())
+        };
+        // WHEN they are metered
+        let (a, b) = tokio::join!(
+            answer().metered(&metrics, Units::Read),
+            answer().metered(&metrics, Units::Read)
+        );
+        let c = answer().metered(&metrics, Units::Read).await;
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        // THEN three round trips took two steps
+        let seen = metrics.snapshot();
+        assert_eq!((seen.round_trips, seen.steps), (3, 2));
     }
 }

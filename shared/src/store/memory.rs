@@ -133,6 +133,16 @@ impl OrgStore for MemoryStore {
 impl MeterStore for MemoryStore {
     async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
         let mut inner = self.lock();
+        if let Some(check) = &a.access {
+            let on_plan = inner.orgs.get(&a.org).is_some_and(|o| o.plan == check.plan);
+            let member = inner
+                .memberships
+                .get(&check.user)
+                .is_some_and(|m| m.iter().any(|((_, id), _)| id == &a.org));
+            if !(on_plan && member) {
+                return Ok(AdmitOutcome::AccessChanged);
+            }
+        }
         let window = (a.org.clone(), a.minute);
         let in_window = inner.rate_windows.get(&window).copied().unwrap_or(0);
         if in_window >= a.requests_per_minute {

@@ -174,6 +174,17 @@ pub struct Admission {
     /// Epoch seconds at which DynamoDB may delete the rate window and the month counter.
     pub rate_expires_at: i64,
     pub month_expires_at: i64,
+    /// Access the caller remembered rather than read: admission confirms it (the org still on this
+    /// plan, the user still a member) as it takes the rate slot, and takes nothing if it changed.
+    pub access: Option<AccessCheck>,
+}
+
+/// What a caller assumed about its access to the org it is admitting a request for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessCheck {
+    pub user: UserId,
+    /// The plan whose limits the admission applies.
+    pub plan: PlanId,
 }
 
 /// What the store decided.
@@ -186,6 +197,9 @@ pub enum AdmitOutcome {
     /// The month's messages or tokens would be exceeded; nothing was written. The counter as it
     /// stood lets the caller clamp or release dead holds and try again.
     MonthlyExceeded(MonthCounter),
+    /// The org's plan or the user's membership is not what [`Admission::access`] assumed; nothing
+    /// was written. Read them again.
+    AccessChanged,
 }
 
 /// How a request ended.
