@@ -16,6 +16,7 @@ pub mod limits;
 pub mod money;
 pub mod providers;
 pub mod queue;
+pub mod runtime_api;
 pub mod secret;
 pub mod state;
 pub mod store;

@@ -9,6 +9,7 @@ async fn main() -> Result<(), Error> {
     gateway::telemetry::init_json();
     let state = gateway::AppState::from_env().await?;
     run_with_streaming_response(service_fn(|request| {
+        gateway::runtime_api::send_without_delay();
         gateway::api::chat_stream(&state, request)
     }))
     .await
