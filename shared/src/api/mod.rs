@@ -339,57 +339,71 @@ pub(crate) async fn admit_chat(
     caller: &Caller,
     check_body: impl Fn(&ChatBody) -> Result<(), GatewayError>,
 ) -> Result<AdmittedChat, GatewayError> {
-    let (recalled, was_recalled) = recalled_org(state, request, caller).await?;
+    let (mut membership, remembered) = recalled_org(state, request, caller).await?;
     let body: ChatBody = json_body(request)?;
     check_body(&body)?;
-    let meter = state.stores.meter.as_ref();
-    let membership = if was_recalled {
-        let org = recalled.org.id.clone();
-        let admitted = match plan_of(state, &recalled)
-            .and_then(|plan| Ok((plan, chat::prepare(&state.catalog, plan, body.clone())?)))
+    if remembered {
+        if let Some(admitted) =
+            admit_on_remembered(state, caller, &membership, body.clone()).await?
         {
-            Ok((plan, prepared)) => {
-                let check = AccessCheck {
-                    user: caller.user_id.clone(),
-                    plan: recalled.org.plan.clone(),
-                };
-                let now = state.clock.now();
-                match limits::admit(meter, now, &org, plan, &prepared, Some(check)).await? {
-                    Verdict::Admitted(ticket) => Some((prepared, ticket)),
-                    Verdict::AccessChanged => None,
-                }
-            }
-            Err(_) => None, // Refusals are only ever given on a fresh read.
-        };
-        if let Some((mut prepared, ticket)) = admitted {
-            prepared.request.max_tokens = ticket.max_tokens;
-            return Ok(AdmittedChat {
-                membership: recalled,
-                prepared,
-                ticket,
-            });
+            return Ok(admitted);
         }
-        state.access.forget(&org, &caller.user_id);
-        current_org(state, request, caller).await?
-    } else {
-        recalled
-    };
+        state.access.forget(&membership.org.id, &caller.user_id);
+        membership = current_org(state, request, caller).await?;
+    }
     let plan = plan_of(state, &membership)?;
-    let mut prepared = chat::prepare(&state.catalog, plan, body)?;
+    let prepared = chat::prepare(&state.catalog, plan, body)?;
+    match admit_prepared(state, &membership, plan, prepared, None).await? {
+        Some(admitted) => Ok(admitted),
+        None => Err(GatewayError::Internal(
+            "admission without an access check reported changed access".into(),
+        )),
+    }
+}
+
+/// Admission on a remembered membership, confirmed as the rate slot is taken; `None` if it no
+/// longer holds or if its plan would refuse the request (refusals are given on fresh reads only).
+async fn admit_on_remembered(
+    state: &AppState,
+    caller: &Caller,
+    membership: &Membership,
+    body: ChatBody,
+) -> Result<Option<AdmittedChat>, GatewayError> {
+    let Ok(plan) = plan_of(state, membership) else {
+        return Ok(None);
+    };
+    let Ok(prepared) = chat::prepare(&state.catalog, plan, body) else {
+        return Ok(None);
+    };
+    let check = AccessCheck {
+        user: caller.user_id.clone(),
+        plan: membership.org.plan.clone(),
+    };
+    admit_prepared(state, membership, plan, prepared, Some(check)).await
+}
+
+/// Admits a prepared request; `None` if `check` found the access changed (nothing taken).
+async fn admit_prepared(
+    state: &AppState,
+    membership: &Membership,
+    plan: &Plan,
+    mut prepared: PreparedChat,
+    check: Option<AccessCheck>,
+) -> Result<Option<AdmittedChat>, GatewayError> {
+    let meter = state.stores.meter.as_ref();
     let now = state.clock.now();
     let org = &membership.org.id;
-    let Verdict::Admitted(ticket) = limits::admit(meter, now, org, plan, &prepared, None).await?
-    else {
-        return Err(GatewayError::Internal(
-            "admission without an access check reported changed access".into(),
-        ));
-    };
-    prepared.request.max_tokens = ticket.max_tokens;
-    Ok(AdmittedChat {
-        membership,
-        prepared,
-        ticket,
-    })
+    match limits::admit(meter, now, org, plan, &prepared, check).await? {
+        Verdict::AccessChanged => Ok(None),
+        Verdict::Admitted(ticket) => {
+            prepared.request.max_tokens = ticket.max_tokens;
+            Ok(Some(AdmittedChat {
+                membership: membership.clone(),
+                prepared,
+                ticket,
+            }))
+        }
+    }
 }
 
 fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {
