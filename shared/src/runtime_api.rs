@@ -20,7 +20,8 @@ pub fn send_without_delay() {
         tracing::warn!(%api, "AWS_LAMBDA_RUNTIME_API is not an address");
         return;
     };
-    disable_nagle_towards(address);
+    let sockets = disable_nagle_towards(address);
+    tracing::debug!(sockets, "sending to the Runtime API without delay");
 }
 
 /// Sets `TCP_NODELAY` on every open TCP socket of this process connected to `peer`; how many.

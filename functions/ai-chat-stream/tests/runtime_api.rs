@@ -496,6 +496,7 @@ async fn streams_a_chat_answer_through_the_runtime_api() {
             ("AWS_ENDPOINT_URL_DYNAMODB", endpoint),
             ("GEMINI_BASE_URL", gemini),
             ("GEMINI_API_KEY", "k".to_owned()),
+            ("RUST_LOG", "info,gateway::runtime_api=debug".to_owned()),
         ],
     )
     .await;
@@ -503,7 +504,20 @@ async fn streams_a_chat_answer_through_the_runtime_api() {
     // WHEN the function answers the invocation
     let posted = invocation.posted().await;
 
-    // THEN it streams to …/response: prelude with the HTTP status and headers, eight NULs, body
+    // THEN it first turned Nagle's algorithm off on its connection to the Runtime API, so no
+    // chunk waits for the previous one's ACK
+    let output = invocation.function.output();
+    let sockets = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "sending to the Runtime API without delay")
+        .and_then(|line| line["fields"]["sockets"].as_u64());
+    assert!(
+        sockets.is_some_and(|n| n >= 1),
+        "no Runtime API socket set to TCP_NODELAY ({sockets:?}); output:\n{output}"
+    );
+
+    // AND it streams to …/response: prelude with the HTTP status and headers, eight NULs, body
     assert_streaming_post(&posted);
     let streamed = split(&posted);
     assert_eq!(streamed.prelude["statusCode"], 200, "{}", streamed.prelude);
