@@ -248,7 +248,16 @@ pub enum Disposition {
     Done,
     /// Let the message come back later, for this reason.
     Retry(String),
+    /// The org's minute window is full: send `message` again to arrive after `delay`, then let
+    /// this delivery go. Waiting is not failing, so it must not use up the message's receives.
+    Wait {
+        message: JobMessage,
+        delay: Duration,
+    },
 }
+
+/// How long an item may wait for its org's minute window before it fails.
+pub const MAX_WAIT_SECS: i64 = 3600;
 
 /// Works one item. Never answers or charges an item twice: finished items are skipped, and only
 /// the attempt holding the item's claim may finish it.
@@ -423,12 +432,26 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
             release().await?;
             return Ok(Disposition::Retry("the org's access changed".into()));
         }
-        Err(GatewayError::Limit(LimitError::RateLimited { .. })) => {
-            // The minute is full: the item waits for its message to come back.
+        Err(err @ GatewayError::Limit(LimitError::RateLimited { reset_secs, .. })) => {
+            // The minute is full: the item waits for the next one, unless it has waited too long.
+            let waiting_since = message.waiting_since.unwrap_or(unix);
+            if unix - waiting_since > MAX_WAIT_SECS {
+                let reason = format!(
+                    "waited over {} minutes for the org's rate limit: {}",
+                    MAX_WAIT_SECS / 60,
+                    err.detail()
+                );
+                finish(ItemStatus::Failed, None, Some(reason)).await?;
+                return Ok(Disposition::Done);
+            }
             release().await?;
-            return Ok(Disposition::Retry(
-                "rate limited; waiting for the next window".into(),
-            ));
+            return Ok(Disposition::Wait {
+                message: JobMessage {
+                    waiting_since: Some(waiting_since),
+                    ..message.clone()
+                },
+                delay: Duration::from_secs(reset_secs + spread(&item.id)),
+            });
         }
         Err(err @ GatewayError::Limit(LimitError::MonthlyExceeded)) => {
             finish(ItemStatus::Failed, None, Some(err.detail())).await?;
@@ -489,6 +512,30 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
     }
 }
 
+/// Up to two seconds, fixed per item, so a batch that waited does not come back all at once.
+fn spread(item: &str) -> u64 {
+    item.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 3
+}
+
+/// Sends a waiting item's message again, delayed; if that fails, the delivery is retried instead.
+async fn send_to_wait(state: &AppState, message: &JobMessage, delay: Duration) -> Disposition {
+    let Some(queue) = &state.queue else {
+        return Disposition::Retry("rate limited; no queue to wait on".into());
+    };
+    match queue
+        .enqueue_after(std::slice::from_ref(message), delay)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(job_id = %message.job_id, item_id = %message.item_id, delay_secs = delay.as_secs(), "job item waits for the org's next minute");
+            Disposition::Done
+        }
+        Err(err) => Disposition::Retry(format!("rate limited, and could not wait: {err}")),
+    }
+}
+
 /// The SQS-triggered worker: each message is its own future; only the failed ones are reported,
 /// so SQS redelivers just those (the event source mapping needs `ReportBatchItemFailures`).
 pub async fn handle_batch(
@@ -508,7 +555,10 @@ pub async fn handle_batch(
             .as_deref()
             .map(serde_json::from_str::<JobMessage>);
         let disposition = match parsed {
-            Some(Ok(message)) => process(state, &message, receives, max_receives).await,
+            Some(Ok(message)) => match process(state, &message, receives, max_receives).await {
+                Disposition::Wait { message, delay } => send_to_wait(state, &message, delay).await,
+                other => other,
+            },
             Some(Err(e)) => Disposition::Retry(format!("unreadable message: {e}")),
             None => Disposition::Retry("empty message".into()),
         };
@@ -549,11 +599,20 @@ pub async fn run_local_worker(
                 *count += 1;
                 *count
             };
-            if let Disposition::Retry(_) = process(&state, &message, count, max_receives).await {
-                if count < max_receives {
+            match process(&state, &message, count, max_receives).await {
+                Disposition::Retry(_) if count < max_receives => {
                     tokio::time::sleep(retry_after).await;
                     let _ = crate::queue::JobQueue::enqueue(&queue, &[message]).await;
                 }
+                Disposition::Wait { message, delay } => {
+                    // A new message, as in SQS: its receives start again.
+                    receives
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    let _ = crate::queue::JobQueue::enqueue_after(&queue, &[message], delay).await;
+                }
+                _ => {}
             }
         });
     }

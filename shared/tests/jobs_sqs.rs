@@ -236,18 +236,34 @@ impl Harness {
     /// Receives what the queue has (one batch, as the event source mapping would) and hands it to
     /// the worker, acknowledging nothing.
     async fn deliver(&self) -> Delivery {
-        let messages = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .expect("ReceiveMessage")
-            .messages
-            .unwrap_or_default();
+        self.deliver_at_least(0).await
+    }
+
+    /// Like `deliver`, but first waits (long polling, up to 20 s) until `want` messages are
+    /// visible: for messages sent with a delay.
+    async fn deliver_at_least(&self, want: usize) -> Delivery {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut messages = Vec::new();
+        loop {
+            let wait = if messages.len() >= want { 0 } else { 1 };
+            let batch = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .wait_time_seconds(wait)
+                .send()
+                .await
+                .expect("ReceiveMessage")
+                .messages
+                .unwrap_or_default();
+            let empty = batch.is_empty();
+            messages.extend(batch);
+            if (messages.len() >= want && empty) || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
         let mut received = Vec::new();
         let mut event = SqsEvent::default();
         for message in messages {
@@ -320,7 +336,12 @@ impl Harness {
 
     /// One turn of the worker: deliver, then acknowledge.
     async fn work(&self) -> Delivery {
-        let delivery = self.deliver().await;
+        self.work_at_least(0).await
+    }
+
+    /// One turn of the worker once `want` messages are visible.
+    async fn work_at_least(&self, want: usize) -> Delivery {
+        let delivery = self.deliver_at_least(want).await;
         self.acknowledge(&delivery).await;
         delivery
     }
@@ -614,25 +635,27 @@ async fn failing_items_are_retried_then_failed_and_dead_lettered() {
 
 #[tokio::test]
 async fn a_full_minute_makes_items_wait_for_the_next() {
-    // Waiting for the next minute takes deliveries: the redrive policy leaves room for them.
-    let Some(h) = harness(5).await else { return };
-    // GIVEN the free plan's 5 requests a minute and a batch of 7
+    // Two receives at most: waiting must not use up deliveries, or a big batch on a small plan
+    // would end in the dead-letter queue.
+    let Some(h) = harness(2).await else { return };
+    // GIVEN the free plan's 5 requests a minute, a batch of 7, and two seconds left in the minute
     let items: Vec<Value> = (0..7).map(|i| item(&format!("i{i}"), "hi")).collect();
     let job = h.submit(json!({"items": items})).await;
+    h.clock.advance(time::Duration::seconds(48));
 
     // WHEN the worker gets all seven in the same minute
     let first = h.work().await;
 
-    // THEN five are answered and two reported back, waiting rather than failed
+    // THEN five are answered and two wait: nothing is reported failed, each waiting item's
+    // message is sent again to arrive in the next minute, and the items stay queued
     assert_eq!(first.received.len(), 7);
-    assert_eq!(first.failed.len(), 2, "{first:?}");
+    assert_eq!(first.failed, Vec::<String>::new());
     let items = h.items(&job).await;
-    let waiting: Vec<&JobItem> = first
-        .received
-        .iter()
-        .filter(|m| first.failed.contains(&m.id))
-        .map(|m| &items[&m.item_id().expect("a job message")])
+    let waiting: Vec<&JobItem> = items
+        .values()
+        .filter(|i| i.status != ItemStatus::Succeeded)
         .collect();
+    assert_eq!(waiting.len(), 2, "{items:?}");
     assert!(
         waiting.iter().all(|i| i.status == ItemStatus::Queued),
         "{waiting:?}"
@@ -644,20 +667,28 @@ async fn a_full_minute_makes_items_wait_for_the_next() {
     );
     assert_eq!(view["status"], "running");
 
-    // WHEN the next minute starts and the two come back
+    // WHEN the next minute starts and the two arrive
     h.clock.advance(time::Duration::minutes(1));
-    let second = h.work().await;
+    let second = h.work_at_least(2).await;
 
-    // THEN they are the two that waited, and they are answered
-    assert_eq!(
-        second.ids_of_items(&["i0", "i1", "i2", "i3", "i4", "i5", "i6"]),
-        {
-            let mut ids = first.failed.clone();
-            ids.sort();
-            ids
-        }
+    // THEN they are new messages for the two waiting items, first received, and answered
+    let mut waited: Vec<String> = second
+        .received
+        .iter()
+        .filter_map(Received::item_id)
+        .collect();
+    waited.sort();
+    let mut expected: Vec<String> = waiting.iter().map(|i| i.id.clone()).collect();
+    expected.sort();
+    assert_eq!(waited, expected);
+    assert!(
+        second.received.iter().all(|m| m.receives == 1),
+        "{second:?}"
     );
-    assert!(second.received.iter().all(|m| m.receives == 2));
+    assert!(second
+        .received
+        .iter()
+        .all(|m| !first.received.iter().any(|f| f.id == m.id)));
     assert_eq!(second.failed, Vec::<String>::new());
     let view = h.job(&job).await;
     assert_eq!(view["status"], "succeeded", "{view}");
@@ -670,6 +701,62 @@ async fn a_full_minute_makes_items_wait_for_the_next() {
     assert_eq!(h.dead_letters().await, Vec::<String>::new());
 }
 
+#[tokio::test]
+async fn an_item_that_waited_an_hour_fails_with_the_rate_limit() {
+    let Some(h) = harness(2).await else { return };
+    // GIVEN a one-chat job whose message is replaced by one saying it has waited over an hour
+    let job = h
+        .submit(json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    let original = h
+        .sqs
+        .receive_message()
+        .queue_url(&h.queue_url)
+        .send()
+        .await
+        .expect("ReceiveMessage")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(original.len(), 1);
+    h.sqs
+        .delete_message()
+        .queue_url(&h.queue_url)
+        .receipt_handle(original[0].receipt_handle.clone().expect("receipt"))
+        .send()
+        .await
+        .expect("DeleteMessage");
+    // AND the org's minute already used up by another job
+    let items: Vec<Value> = (0..5).map(|i| item(&format!("f{i}"), "hi")).collect();
+    h.submit(json!({"items": items})).await;
+    assert_eq!(h.work().await.received.len(), 5);
+    let since = h.clock.now().unix_timestamp() - 3_601;
+    let old = json!({"job_id": job.as_str(), "item_id": "chat", "waiting_since": since});
+    h.sqs
+        .send_message()
+        .queue_url(&h.queue_url)
+        .message_body(old.to_string())
+        .send()
+        .await
+        .expect("SendMessage");
+
+    // WHEN the worker gets it and the window is still full
+    let delivery = h.work().await;
+
+    // THEN the item fails with the reason instead of waiting again
+    assert_eq!(delivery.received.len(), 1);
+    assert_eq!(delivery.failed, Vec::<String>::new());
+    let items = h.items(&job).await;
+    let item = &items["chat"];
+    assert_eq!(item.status, ItemStatus::Failed);
+    let error = item.error.as_deref().unwrap_or_default();
+    assert!(error.starts_with("waited over 60 minutes"), "{error}");
+    assert!(
+        error.contains("Rate limit exceeded. Max 5 requests per minute."),
+        "{error}"
+    );
+    assert_eq!(h.queue_depth().await, 0);
+}
+
 /// SQS in front, refusing the messages of some items as SQS refuses entries of a batch it takes.
 #[derive(Debug)]
 struct Refusing {
@@ -679,7 +766,11 @@ struct Refusing {
 
 #[async_trait::async_trait]
 impl JobQueue for Refusing {
-    async fn enqueue(&self, messages: &[JobMessage]) -> Result<(), QueueError> {
+    async fn enqueue_after(
+        &self,
+        messages: &[JobMessage],
+        _delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
         let (unsent, sent): (Vec<JobMessage>, Vec<JobMessage>) = messages
             .iter()
             .cloned()

@@ -512,6 +512,7 @@ async fn submit_job_inner(
         .map(|item| JobMessage {
             job_id: job.id.clone(),
             item_id: item.id.clone(),
+            waiting_since: None,
         })
         .collect();
     if let Err(err) = queue.enqueue(&messages).await {
