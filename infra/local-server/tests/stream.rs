@@ -83,6 +83,19 @@ impl Gateway {
             .expect("request")
     }
 
+    /// The operator's plan change, through the local server's operator route.
+    async fn set_plan(&self, plan: &str) {
+        let response = self
+            .http
+            .put(format!("{}/admin/orgs/{}/plan", self.base, self.org))
+            .bearer_auth("op")
+            .json(&json!({ "plan": plan }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     async fn usage(&self) -> Value {
         self.http
             .get(format!("{}/api/v1/ai/usage", self.base))
@@ -259,4 +272,32 @@ async fn a_client_that_leaves_stops_the_upstream_and_is_still_metered() {
         .as_u64()
         .expect("tokens");
     assert!(output < 100, "only what was consumed: {output}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_any_text_is_charged_its_input() {
+    let gw = start().await;
+    // GIVEN a model that thinks for 20 s after opening its stream (Anthropic reports the input
+    // tokens in its opening event)
+    gw.set_plan("pro").await;
+    let response = gw
+        .stream("[sim:think_ms=20000] ponder this", "claude-3-haiku")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // WHEN the client goes away before the first delta
+    drop(response);
+    // THEN the request is still metered: one message and the input the provider was sent, with
+    // the output as the provider reported it so far (Anthropic's opening event counts one token)
+    let mut report = gw.usage().await;
+    for _ in 0..100 {
+        if report["total_messages"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report = gw.usage().await;
+    }
+    assert_eq!(report["total_messages"], 1, "{report}");
+    let used = &report["models_breakdown"]["claude-3-haiku"];
+    assert!(used["input_tokens"].as_u64() > Some(0), "{report}");
+    assert!(used["output_tokens"].as_u64() <= Some(1), "{report}");
 }

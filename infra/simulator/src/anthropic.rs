@@ -363,6 +363,7 @@ fn playback(script: &Script, id: &str, model: &str) -> Playback {
         tail,
         error,
         pacing: script.pacing,
+        think: script.think,
         ending: script.ending(),
     }
 }

@@ -355,6 +355,7 @@ fn playback(script: &Script, model: &str, response_id: &str, sse: bool) -> Playb
         tail,
         error,
         pacing: script.pacing,
+        think: script.think,
         ending: script.ending(),
     }
 }

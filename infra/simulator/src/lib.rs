@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `[sim:latency_ms=N]` | wait N ms before the response headers |
 //! | `[sim:tps=N]` | stream N tokens per second (0 = as fast as possible) |
+//! | `[sim:think_ms=N]` | streaming: wait N ms after the opening events before the first token |
 //! | `[sim:tokens=N]` | answer with N output tokens |
 //! | `[sim:status=N]` | fail with HTTP status N (400–599) in the provider's error shape |
 //! | `[sim:cut=N]` | stream N tokens then drop the connection; non-streaming: drop at once |

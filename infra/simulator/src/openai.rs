@@ -398,6 +398,7 @@ fn playback(script: &Script, id: &str, created: u64, model: &str, include_usage:
         tail,
         error,
         pacing: script.pacing,
+        think: script.think,
         ending: script.ending(),
     }
 }

@@ -18,6 +18,8 @@ pub struct Directives {
     pub latency_ms: Option<u64>,
     /// `[sim:tps=N]`: tokens per second while streaming; 0 = unpaced.
     pub tokens_per_second: Option<u32>,
+    /// `[sim:think_ms=N]`: when streaming, wait after the opening events before the first token.
+    pub think_ms: Option<u64>,
     /// `[sim:tokens=N]`: length of the answer in output tokens.
     pub tokens: Option<usize>,
     /// `[sim:status=N]`: answer with this HTTP error status (400–599).
@@ -69,6 +71,7 @@ fn apply(directives: &mut Directives, body: &str) -> bool {
         ("echo", None) => directives.echo = true,
         ("latency_ms", Some(v)) => return set(&mut directives.latency_ms, v),
         ("tps", Some(v)) => return set(&mut directives.tokens_per_second, v),
+        ("think_ms", Some(v)) => return set(&mut directives.think_ms, v),
         ("tokens", Some(v)) => return set(&mut directives.tokens, v),
         ("cut", Some(v)) => return set(&mut directives.cut_after, v),
         ("fail", Some(v)) => return set(&mut directives.fail_after, v),
@@ -132,6 +135,8 @@ pub struct Script {
     pub latency: Duration,
     /// Delay between two streamed tokens, when paced.
     pub pacing: Option<Duration>,
+    /// Delay between the opening events of a stream and its first token.
+    pub think: Option<Duration>,
     pub status: Option<u16>,
     pub cut_after: Option<usize>,
     pub fail_after: Option<usize>,
@@ -172,6 +177,7 @@ impl Script {
             latency: Duration::from_millis(directives.latency_ms.unwrap_or(config.latency_ms)),
             pacing: (tokens_per_second > 0)
                 .then(|| Duration::from_secs_f64(1.0 / f64::from(tokens_per_second))),
+            think: directives.think_ms.map(Duration::from_millis),
             status: directives.status.or(config.status),
             cut_after: directives.cut_after.or(config.cut_after),
             fail_after: directives.fail_after.or(config.fail_after),

@@ -57,6 +57,8 @@ pub struct Playback {
     pub error: Vec<Bytes>,
     /// Delay before every token frame but the first.
     pub pacing: Option<Duration>,
+    /// Delay before the first token frame, after the opening ones.
+    pub think: Option<Duration>,
     pub ending: Ending,
 }
 
@@ -88,8 +90,9 @@ impl Playback {
             Ending::Cut(after) | Ending::Fail(after) => after,
         };
         for (index, frame) in self.tokens.into_iter().take(limit).enumerate() {
-            if let (true, Some(pacing)) = (index > 0, self.pacing) {
-                tokio::time::sleep(pacing).await;
+            let wait = if index == 0 { self.think } else { self.pacing };
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
             }
             sender.send(Ok(frame)).await?;
         }

@@ -188,8 +188,9 @@ async fn pump(mut stream: ChatStream, sender: mpsc::Sender<Bytes>, metered: Mete
     drop(stream);
 
     let complete = finish.is_some() && failure.is_none() && !client_gone;
-    let (outcome, used, estimated, note) = if text_bytes == 0 && !complete {
-        // Nothing reached the client: like a provider failure before output, nothing is used.
+    let (outcome, used, estimated, note) = if text_bytes == 0 && !complete && !client_gone {
+        // The provider failed before any output: like a refusal, nothing is used. (A client that
+        // leaves first is charged what the provider was sent: the provider did that work.)
         (Outcome::Failed, Usage::default(), false, None)
     } else if complete && reported.is_some() {
         (Outcome::Success, reported.unwrap_or_default(), false, None)
