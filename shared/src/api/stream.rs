@@ -2,7 +2,7 @@
 //! Server-Sent Events written the moment each piece arrives from the provider.
 
 use std::convert::Infallible;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -10,7 +10,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use lambda_http::Request;
+use lambda_http::{Request, RequestExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +32,27 @@ pub type StreamingResponse = Response<StreamingBody>;
 
 /// Frames buffered between the provider and a slow client; past that, reading upstream waits.
 const CHANNEL_FRAMES: usize = 64;
+/// Time kept back from a stream's deadline to settle it and close the body.
+const SETTLE_MARGIN: Duration = Duration::from_secs(10);
+
+/// When a stream must be cut so that it is still settled: before the Lambda invocation's deadline
+/// (the function is killed then, and an unsettled request is charged nothing), and before its
+/// token hold would count as abandoned.
+fn stream_deadline(request: &Request, started: Instant) -> Instant {
+    let hold_ends = started + Duration::from_secs(limits::HOLD_SECONDS.unsigned_abs());
+    let invocation_ends = request.lambda_context_ref().and_then(|context| {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_millis();
+        let left_ms = u128::from(context.deadline).saturating_sub(now_ms);
+        Some(started + Duration::from_millis(u64::try_from(left_ms).ok()?))
+    });
+    let ends = invocation_ends.map_or(hold_ends, |ends| ends.min(hold_ends));
+    ends.checked_sub(SETTLE_MARGIN)
+        .unwrap_or(started)
+        .max(started)
+}
 
 /// A plain (non-streamed) response, as every error before the stream opens is.
 fn plain(response: respond::HttpResponse) -> StreamingResponse {
@@ -92,7 +113,8 @@ async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, 
         chat: prepared,
         started,
     };
-    tokio::spawn(pump(stream, sender, metered));
+    let deadline = stream_deadline(request, started);
+    tokio::spawn(pump(stream, sender, metered, deadline));
 
     let body = StreamBody::new(
         ReceiverStream::new(receiver).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))),
@@ -154,16 +176,28 @@ struct UsageEvent<'a> {
 
 /// Moves the provider's events to the client as they come, then settles what was consumed. When
 /// the client goes away the upstream stream is dropped, which cancels the provider request.
-async fn pump(mut stream: ChatStream, sender: mpsc::Sender<Bytes>, metered: Metered) {
+async fn pump(
+    mut stream: ChatStream,
+    sender: mpsc::Sender<Bytes>,
+    metered: Metered,
+    deadline: Instant,
+) {
     let mut reported: Option<Usage> = None;
     let mut finish: Option<FinishReason> = None;
     let mut failure: Option<ProviderError> = None;
     let mut text_bytes = 0usize;
     let mut client_gone = false;
+    let mut out_of_time = false;
+    let cut_at = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(cut_at);
     loop {
         let next = tokio::select! {
             _ = sender.closed() => {
                 client_gone = true;
+                break;
+            }
+            () = &mut cut_at => {
+                out_of_time = true;
                 break;
             }
             next = stream.next() => next,
@@ -188,17 +222,20 @@ async fn pump(mut stream: ChatStream, sender: mpsc::Sender<Bytes>, metered: Mete
     drop(stream);
 
     let complete = finish.is_some() && failure.is_none() && !client_gone;
-    let (outcome, used, estimated, note) = if text_bytes == 0 && !complete && !client_gone {
+    let provider_failed_first = text_bytes == 0 && !complete && !client_gone && !out_of_time;
+    let (outcome, used, estimated, note) = if provider_failed_first {
         // The provider failed before any output: like a refusal, nothing is used. (A client that
-        // leaves first is charged what the provider was sent: the provider did that work.)
+        // leaves first, or a stream cut at its deadline, is charged what the provider was sent:
+        // the provider did that work.)
         (Outcome::Failed, Usage::default(), false, None)
     } else if complete && reported.is_some() {
         (Outcome::Success, reported.unwrap_or_default(), false, None)
     } else {
-        let why = match (&failure, client_gone) {
-            (Some(err), _) => err.to_string(),
-            (None, true) => "the client disconnected".to_owned(),
-            (None, false) => "the provider reported no usage".to_owned(),
+        let why = match (&failure, client_gone, out_of_time) {
+            (Some(err), _, _) => err.to_string(),
+            (None, true, _) => "the client disconnected".to_owned(),
+            (None, false, true) => "the stream reached its time limit".to_owned(),
+            (None, false, false) => "the provider reported no usage".to_owned(),
         };
         let used = estimate(&metered, reported, text_bytes);
         (
@@ -221,9 +258,17 @@ async fn pump(mut stream: ChatStream, sender: mpsc::Sender<Bytes>, metered: Mete
         return;
     }
 
-    if let Some(err) = &failure {
-        tracing::warn!(request_id = %metered.ticket.request_id, error = %err, "stream interrupted");
-        let detail = serde_json::json!({ "detail": err.to_string() }).to_string();
+    let interrupted = match (&failure, out_of_time) {
+        (Some(err), _) => Some(err.to_string()),
+        (None, true) => Some(
+            "The answer was cut: the stream reached its time limit. Ask for fewer tokens or use a job."
+                .to_owned(),
+        ),
+        (None, false) => None,
+    };
+    if let Some(detail) = interrupted {
+        tracing::warn!(request_id = %metered.ticket.request_id, %detail, "stream interrupted");
+        let detail = serde_json::json!({ "detail": detail }).to_string();
         let _ = sender.send(sse::named("error", &detail)).await;
     }
     let usage_event = UsageEvent {
@@ -259,5 +304,114 @@ fn estimate(metered: &Metered, reported: Option<Usage>, text_bytes: usize) -> Us
     Usage {
         input_tokens: input,
         output_tokens: output,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::ChatBody;
+    use crate::config::Settings;
+    use crate::ids::{OrgId, PlanId, UserId};
+    use crate::limits::Verdict;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{MeterStore, Stores};
+    use std::sync::Arc;
+
+    fn in_lambda(deadline_in: Duration) -> Request {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970");
+        let mut context = lambda_http::Context::default();
+        context.deadline = u64::try_from((now + deadline_in).as_millis()).expect("ms");
+        Request::default().with_lambda_context(context)
+    }
+
+    fn close(a: Instant, b: Instant) -> bool {
+        a.max(b) - a.min(b) < Duration::from_secs(1)
+    }
+
+    #[test]
+    fn a_stream_ends_before_the_invocation_or_its_hold_does() {
+        let started = Instant::now();
+        // Outside Lambda: before the hold could be taken for abandoned.
+        let local = stream_deadline(&Request::default(), started);
+        assert!(close(local, started + Duration::from_secs(890)));
+        // In Lambda: ten seconds before the invocation's deadline.
+        let lambda = stream_deadline(&in_lambda(Duration::from_secs(60)), started);
+        assert!(close(lambda, started + Duration::from_secs(50)));
+        // With less than ten seconds left: at once.
+        let late = stream_deadline(&in_lambda(Duration::from_secs(5)), started);
+        assert_eq!(late, started);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_at_its_deadline_is_settled_and_closed_cleanly() {
+        // GIVEN an admitted request whose provider sends one delta and then nothing more
+        let settings = Settings::local("stream-unit-secret-stream-unit-secret", "http://x", None);
+        let store = Arc::new(MemoryStore::new());
+        let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
+        let plan = state
+            .catalog
+            .plan(&PlanId::from("free"))
+            .expect("free")
+            .clone();
+        let body: ChatBody = serde_json::from_value(serde_json::json!({
+            "messages": [{"role": "user", "content": "tell me everything"}],
+            "model": "gemini-1.5-flash"
+        }))
+        .expect("body");
+        let chat = crate::chat::prepare(&state.catalog, &plan, body).expect("prepared");
+        let org = OrgId::from("org-1");
+        let meter = state.stores.meter.as_ref();
+        let now = state.clock.now();
+        let Ok(Verdict::Admitted(ticket)) =
+            limits::admit(meter, now, &org, &plan, &chat, None).await
+        else {
+            panic!("not admitted");
+        };
+        let month = ticket.month.clone();
+        let stream: ChatStream = Box::pin(
+            futures::stream::iter([Ok(StreamEvent::Delta("Once".to_owned()))])
+                .chain(futures::stream::pending()),
+        );
+        let metered = Metered {
+            state: state.clone(),
+            ticket,
+            org: org.clone(),
+            user: UserId::from("user-1"),
+            chat,
+            started: Instant::now(),
+        };
+        let (sender, mut receiver) = mpsc::channel(CHANNEL_FRAMES);
+
+        // WHEN its deadline passes
+        let deadline = Instant::now() + Duration::from_millis(100);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            pump(stream, sender, metered, deadline),
+        )
+        .await
+        .expect("the pump stops at the deadline");
+
+        // THEN the client got the delta, an error saying why, the usage, then [DONE]
+        let mut body = String::new();
+        while let Ok(frame) = receiver.try_recv() {
+            body.push_str(std::str::from_utf8(&frame).expect("UTF-8"));
+        }
+        assert!(body.starts_with("data: Once\n\nevent: error\n"), "{body}");
+        assert!(body.contains("time limit"), "{body}");
+        assert!(body.contains("event: usage\n"), "{body}");
+        assert!(body.contains("\"estimated\":true"), "{body}");
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        // AND what was consumed is on record, marked as an estimate
+        let records = store.requests(&org, &month).await.expect("records");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Success);
+        assert_eq!(
+            records[0].error_message.as_deref(),
+            Some("usage estimated: the stream reached its time limit")
+        );
+        assert!(records[0].input_tokens > 0 && records[0].output_tokens > 0);
     }
 }
