@@ -14,7 +14,7 @@ use gateway::ids::{ModelId, OrgId, PlanId, UserId};
 use gateway::limits::{self, Ticket, Verdict};
 use gateway::providers::{ChatRequest, ProviderError, ProviderErrorKind, Speaker, Turn, Usage};
 use gateway::store::memory::MemoryStore;
-use gateway::store::{AccessCheck, Outcome, Store};
+use gateway::store::{AccessCheck, Admission, AdmitOutcome, Hold, Outcome, Store};
 use gateway::usage;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -461,6 +461,43 @@ async fn admission_confirms_remembered_access_and_takes_nothing_if_it_changed(
     );
 }
 
+async fn an_admission_sent_twice_counts_once(store: Arc<dyn Store>) {
+    // GIVEN an admission, as a retrying client library could send it twice
+    let org = OrgId::generate();
+    let unix = NOW.unix_timestamp();
+    let admission = Admission {
+        org: org.clone(),
+        request_id: "request-sent-twice".to_owned(),
+        minute: unix.div_euclid(60),
+        requests_per_minute: 100,
+        month: "2030-11".to_owned(),
+        messages_limit: Some(10),
+        tokens_limit: Some(10_000),
+        hold: Hold {
+            request_id: "request-sent-twice".to_owned(),
+            tokens: 500,
+            expires_at: unix + limits::HOLD_SECONDS,
+        },
+        rate_expires_at: unix + 3_600,
+        month_expires_at: unix + 40 * 86_400,
+        access: None,
+    };
+    // WHEN it arrives twice
+    let first = store.admit(&admission).await.expect("first");
+    let second = store.admit(&admission).await.expect("second");
+    // THEN both say admitted, and the month holds one message and one hold
+    assert!(matches!(first, AdmitOutcome::Admitted { .. }), "{first:?}");
+    assert!(
+        matches!(second, AdmitOutcome::Admitted { .. }),
+        "{second:?}"
+    );
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
+    assert_eq!(
+        (counter.messages, counter.committed, counter.holds.len()),
+        (1, 500, 1)
+    );
+}
+
 macro_rules! meter_contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -498,6 +535,7 @@ meter_contract!(
     a_crashed_requests_hold_is_recovered,
     settling_twice_counts_once_and_aggregates_match_records,
     admission_confirms_remembered_access_and_takes_nothing_if_it_changed,
+    an_admission_sent_twice_counts_once,
 );
 
 #[tokio::test]

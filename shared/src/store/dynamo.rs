@@ -937,7 +937,10 @@ impl MeterStore for DynamoStore {
                 self.read_month(&a.org, &a.month).await?,
             ));
         }
-        let mut conditions = Vec::new();
+        // The hold's own absence makes the update apply once: if the SDK resends it after a lost
+        // answer, the resend is refused and the hold it finds says the first one went through.
+        let mut conditions = vec!["attribute_not_exists(#hold)"];
+        let hold_name = format!("{HOLD_PREFIX}{}", a.hold.request_id);
         let mut request = self
             .client
             .update_item()
@@ -946,7 +949,7 @@ impl MeterStore for DynamoStore {
             .update_expression(
                 "ADD messages :one, committed :hold SET #hold = :hold_item, expires_at = :ttl",
             )
-            .expression_attribute_names("#hold", format!("{HOLD_PREFIX}{}", a.hold.request_id))
+            .expression_attribute_names("#hold", hold_name.as_str())
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":hold", n(a.hold.tokens))
             .expression_attribute_values(
@@ -968,9 +971,7 @@ impl MeterStore for DynamoStore {
             request =
                 request.expression_attribute_values(":committed_max", n(limit - a.hold.tokens));
         }
-        if !conditions.is_empty() {
-            request = request.condition_expression(conditions.join(" AND "));
-        }
+        request = request.condition_expression(conditions.join(" AND "));
         match request.send().metered(&self.metrics, Units::Write).await {
             Ok(_) => Ok(AdmitOutcome::Admitted { requests_in_window }),
             Err(err) => {
@@ -980,6 +981,12 @@ impl MeterStore for DynamoStore {
                     }
                     _ => None,
                 };
+                if old
+                    .as_ref()
+                    .is_some_and(|item| item.contains_key(&hold_name))
+                {
+                    return Ok(AdmitOutcome::Admitted { requests_in_window });
+                }
                 // Whatever happened to the month, the rate slot goes back: a refused request
                 // consumes no counter.
                 self.release_rate_slot(a).await?;

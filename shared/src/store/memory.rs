@@ -152,6 +152,16 @@ impl MeterStore for MemoryStore {
         }
         let key = (a.org.clone(), a.month.clone());
         let counter = inner.months.get(&key).cloned().unwrap_or_default();
+        if counter
+            .holds
+            .iter()
+            .any(|h| h.request_id == a.hold.request_id)
+        {
+            // Already admitted: the same admission sent again takes nothing more of the month.
+            return Ok(AdmitOutcome::Admitted {
+                requests_in_window: in_window,
+            });
+        }
         let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
         let tokens_full = a
             .tokens_limit
