@@ -17,7 +17,7 @@ use crate::limits;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
 use crate::store::{
-    ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, OrgAccess, StoreError,
+    ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, OrgAccess, Outcome, StoreError,
 };
 use crate::usage;
 
@@ -505,8 +505,26 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
     });
     match meter.settle(&settlement).await {
         Ok(()) => Ok(Disposition::Done),
-        // Another attempt finished the item meanwhile; this one's hold lapses unused.
-        Err(StoreError::Conflict(_)) => Ok(Disposition::Done),
+        // Another attempt finished the item meanwhile: this answer is dropped, so this request
+        // gives its message and hold back, as a provider failure would.
+        Err(StoreError::Conflict(_)) => {
+            let dropped = usage::settlement_of(
+                &ticket,
+                &job.org,
+                &job.user,
+                &prepared.model,
+                (
+                    Outcome::Failed,
+                    Default::default(),
+                    Some("another attempt answered the item first".to_owned()),
+                ),
+                started.elapsed(),
+                state.clock.now(),
+                state.request_retention,
+            );
+            usage::settle(meter, &dropped).await;
+            Ok(Disposition::Done)
+        }
         // Nothing was written: the claim lapses and the item is tried again.
         Err(err) => Err(err.into()),
     }

@@ -879,3 +879,70 @@ async fn items_sqs_refused_fail_and_the_rest_run() {
     );
     assert_eq!(h.answered().await, 2);
 }
+
+#[tokio::test]
+async fn an_attempt_overtaken_by_another_gives_its_message_back() {
+    let Some(h) = harness(5).await else { return };
+    // GIVEN a one-chat job whose provider takes a second and a half to answer
+    let job = h
+        .submit(json!({"messages": [{"role": "user", "content": "[sim:latency_ms=1500] hi"}]}))
+        .await;
+    let message = gateway::queue::JobMessage {
+        job_id: job.clone(),
+        item_id: "chat".to_owned(),
+        waiting_since: None,
+    };
+    // WHEN one attempt is still waiting on the provider when its claim lapses, and a redelivery
+    // claims the item and asks the provider too
+    let first = {
+        let (state, message) = (h.state.clone(), message.clone());
+        tokio::spawn(async move { gateway::jobs::process(&state, &message, 1, 5).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.clock
+        .advance(time::Duration::seconds(gateway::jobs::CLAIM_SECONDS + 1));
+    let second = gateway::jobs::process(&h.state, &message, 2, 5).await;
+    let first = first.await.expect("first attempt");
+
+    // THEN both are done, the item is answered once, and the month counts one message: the
+    // attempt whose answer was dropped gave its message and hold back
+    assert_eq!(first, gateway::jobs::Disposition::Done);
+    assert_eq!(second, gateway::jobs::Disposition::Done);
+    assert_eq!(h.items(&job).await["chat"].status, ItemStatus::Succeeded);
+    let month = clock::month_of(h.clock.now());
+    let counter = h
+        .state
+        .stores
+        .meter
+        .month_counter(&h.org, &month)
+        .await
+        .expect("counter");
+    assert_eq!(
+        (counter.messages, counter.holds.len()),
+        (1, 0),
+        "{counter:?}"
+    );
+    let records = h
+        .state
+        .stores
+        .meter
+        .requests(&h.org, &month)
+        .await
+        .expect("records");
+    let outcomes: Vec<(&Outcome, Option<&str>)> = records
+        .iter()
+        .map(|r| (&r.outcome, r.error_message.as_deref()))
+        .collect();
+    assert_eq!(records.len(), 2, "{outcomes:?}");
+    assert!(
+        outcomes.contains(&(&Outcome::Success, None)),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&(
+            &Outcome::Failed,
+            Some("another attempt answered the item first")
+        )),
+        "{outcomes:?}"
+    );
+}
