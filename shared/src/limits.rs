@@ -42,6 +42,9 @@ pub struct RateStatus {
 pub struct Ticket {
     pub request_id: String,
     pub month: String,
+    /// `YYYY-MM-DD`, UTC: the day of admission, under which the request's usage is aggregated,
+    /// so a request that ends after midnight on the last of a month stays in its month.
+    pub date: String,
     pub hold_tokens: u64,
     /// The output tokens the request may ask for, possibly clamped.
     pub max_tokens: u32,
@@ -108,6 +111,7 @@ pub async fn admit(
                 return Ok(Verdict::Admitted(Ticket {
                     request_id,
                     month,
+                    date: clock::date_of(now),
                     hold_tokens: admission.hold.tokens,
                     max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
                     rate: RateStatus {

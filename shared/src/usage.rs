@@ -75,7 +75,7 @@ pub fn settlement_of(
             error_message,
             cost: model.cost(usage.input_tokens, usage.output_tokens).0,
             timestamp: clock::rfc3339(now),
-            date: clock::date_of(now),
+            date: ticket.date.clone(),
             expires_at: now.unix_timestamp() + retention.as_secs() as i64,
         },
     }

@@ -498,6 +498,49 @@ async fn an_admission_sent_twice_counts_once(store: Arc<dyn Store>) {
     );
 }
 
+async fn a_request_settled_after_midnight_stays_in_its_month(store: Arc<dyn Store>) {
+    // GIVEN a request admitted a second before the end of November
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, None);
+    let last_second = datetime!(2030-11-30 23:59:59 UTC);
+    let ticket = admit(&store, last_second, &org, &plan, 10)
+        .await
+        .expect("admitted");
+    // WHEN it is settled in December
+    let used = Usage {
+        input_tokens: 100,
+        output_tokens: 10,
+    };
+    settle(
+        &store,
+        &ticket,
+        &org,
+        Ok(used),
+        last_second + time::Duration::seconds(3),
+    )
+    .await;
+    // THEN its record and its day's aggregate are November's, on November's last day
+    let days = store.daily_usage(&org, "2030-11").await.expect("daily");
+    assert_eq!(days.len(), 1, "{days:?}");
+    assert_eq!(
+        (days[0].date.as_str(), days[0].total_tokens),
+        ("2030-11-30", 110)
+    );
+    let records = store.requests(&org, "2030-11").await.expect("records");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].date, "2030-11-30");
+    assert!(
+        records[0].timestamp.starts_with("2030-12-01"),
+        "{}",
+        records[0].timestamp
+    );
+    assert!(store
+        .daily_usage(&org, "2030-12")
+        .await
+        .expect("daily")
+        .is_empty());
+}
+
 macro_rules! meter_contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -536,6 +579,7 @@ meter_contract!(
     settling_twice_counts_once_and_aggregates_match_records,
     admission_confirms_remembered_access_and_takes_nothing_if_it_changed,
     an_admission_sent_twice_counts_once,
+    a_request_settled_after_midnight_stays_in_its_month,
 );
 
 #[tokio::test]

@@ -230,7 +230,8 @@ pub struct RequestRecord {
     pub cost: u64,
     /// RFC 3339, UTC.
     pub timestamp: String,
-    /// `YYYY-MM-DD`, UTC: the day of `timestamp`.
+    /// `YYYY-MM-DD`, UTC: the day the request was admitted (in `timestamp`'s month or, for a
+    /// request that ended after a month's last midnight, the day before).
     pub date: String,
     /// Epoch seconds at which the record may be deleted.
     pub expires_at: i64,
