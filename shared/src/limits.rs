@@ -107,7 +107,18 @@ pub async fn admit(
         };
         match meter.admit(&admission).await? {
             AdmitOutcome::AccessChanged => return Ok(Verdict::AccessChanged),
-            AdmitOutcome::Admitted { requests_in_window } => {
+            AdmitOutcome::Admitted {
+                requests_in_window,
+                holds,
+            } => {
+                // Holds of requests that died are released as soon as they are seen, so they
+                // never pile up in the month's item (on unlimited plans nothing else would).
+                // A failure here is left for the next admission: this request is already in.
+                for dead in holds.iter().filter(|h| h.expires_at < unix) {
+                    if let Err(error) = release_abandoned(meter, org, &month, dead, now).await {
+                        tracing::warn!(%org, request_id = %dead.request_id, %error, "an abandoned hold could not be released yet");
+                    }
+                }
                 return Ok(Verdict::Admitted(Ticket {
                     request_id,
                     month,

@@ -541,6 +541,27 @@ async fn a_request_settled_after_midnight_stays_in_its_month(store: Arc<dyn Stor
         .is_empty());
 }
 
+async fn a_dead_hold_is_released_by_the_next_admission_even_without_limits(store: Arc<dyn Store>) {
+    // GIVEN an org on a plan without monthly limits, and a request that died holding tokens
+    let org = OrgId::generate();
+    let unlimited = plan(1_000, None, None);
+    let _dead = admit(&store, NOW, &org, &unlimited, 1_000)
+        .await
+        .expect("admitted");
+    // WHEN another request is admitted after the first could still be running
+    let later = NOW + time::Duration::minutes(20);
+    admit(&store, later, &org, &unlimited, 10)
+        .await
+        .expect("admitted");
+    // THEN the dead hold is gone and the dead request is on record as abandoned
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
+    assert_eq!(counter.holds.len(), 1, "{counter:?}");
+    assert_eq!(counter.messages, 2);
+    let records = store.requests(&org, "2030-11").await.expect("records");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].outcome, Outcome::Abandoned);
+}
+
 macro_rules! meter_contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -580,6 +601,7 @@ meter_contract!(
     admission_confirms_remembered_access_and_takes_nothing_if_it_changed,
     an_admission_sent_twice_counts_once,
     a_request_settled_after_midnight_stays_in_its_month,
+    a_dead_hold_is_released_by_the_next_admission_even_without_limits,
 );
 
 #[tokio::test]

@@ -960,6 +960,7 @@ impl MeterStore for DynamoStore {
                 ])),
             )
             .expression_attribute_values(":ttl", n(a.month_expires_at))
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
         if let Some(limit) = a.messages_limit {
@@ -973,7 +974,10 @@ impl MeterStore for DynamoStore {
         }
         request = request.condition_expression(conditions.join(" AND "));
         match request.send().metered(&self.metrics, Units::Write).await {
-            Ok(_) => Ok(AdmitOutcome::Admitted { requests_in_window }),
+            Ok(out) => Ok(AdmitOutcome::Admitted {
+                requests_in_window,
+                holds: MonthCounter::try_from(&out.attributes.unwrap_or_default())?.holds,
+            }),
             Err(err) => {
                 let old = match err.as_service_error() {
                     Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
@@ -981,11 +985,11 @@ impl MeterStore for DynamoStore {
                     }
                     _ => None,
                 };
-                if old
-                    .as_ref()
-                    .is_some_and(|item| item.contains_key(&hold_name))
-                {
-                    return Ok(AdmitOutcome::Admitted { requests_in_window });
+                if let Some(item) = old.as_ref().filter(|item| item.contains_key(&hold_name)) {
+                    return Ok(AdmitOutcome::Admitted {
+                        requests_in_window,
+                        holds: MonthCounter::try_from(item)?.holds,
+                    });
                 }
                 // Whatever happened to the month, the rate slot goes back: a refused request
                 // consumes no counter.

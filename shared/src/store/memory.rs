@@ -160,6 +160,7 @@ impl MeterStore for MemoryStore {
             // Already admitted: the same admission sent again takes nothing more of the month.
             return Ok(AdmitOutcome::Admitted {
                 requests_in_window: in_window,
+                holds: counter.holds,
             });
         }
         let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
@@ -176,6 +177,7 @@ impl MeterStore for MemoryStore {
         counter.holds.push(a.hold.clone());
         Ok(AdmitOutcome::Admitted {
             requests_in_window: in_window + 1,
+            holds: counter.holds.clone(),
         })
     }
 

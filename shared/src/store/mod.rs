@@ -190,8 +190,12 @@ pub struct AccessCheck {
 /// What the store decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmitOutcome {
-    /// Let in; the window now holds this many requests.
-    Admitted { requests_in_window: u64 },
+    /// Let in; the window now holds this many requests. `holds` are the month's holds after this
+    /// admission (its own included), so the caller can release any whose request died.
+    Admitted {
+        requests_in_window: u64,
+        holds: Vec<Hold>,
+    },
     /// The minute window is full; nothing was written.
     RateLimited { requests_in_window: u64 },
     /// The month's messages or tokens would be exceeded; nothing was written. The counter as it
