@@ -248,8 +248,15 @@ pub enum Disposition {
     Done,
     /// Let the message come back later, for this reason.
     Retry(String),
-    /// The org's minute window is full: send `message` again to arrive after `delay`, then let
-    /// this delivery go. Waiting is not failing, so it must not use up the message's receives.
+    /// The org's minute window was full: a delayed copy of the message was sent to arrive in the
+    /// next one, so this delivery is let go. Waiting is not failing: it uses up no receives.
+    Waited,
+}
+
+/// What one attempt decided, before waiting is turned into a delayed copy.
+enum Step {
+    Settled(Disposition),
+    /// The org's minute window is full: send `message` again to arrive after `delay`.
     Wait {
         message: JobMessage,
         delay: Duration,
@@ -268,7 +275,8 @@ pub async fn process(
     max_receives: u32,
 ) -> Disposition {
     let disposition = match attempt(state, message).await {
-        Ok(d) => d,
+        Ok(Step::Settled(d)) => d,
+        Ok(Step::Wait { message, delay }) => send_to_wait(state, &message, delay).await,
         Err(err) => Disposition::Retry(err.detail()),
     };
     if let Disposition::Retry(reason) = &disposition {
@@ -340,22 +348,22 @@ struct ItemResult {
     cost: f64,
 }
 
-async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, GatewayError> {
+async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, GatewayError> {
     let jobs = state.stores.jobs.as_ref();
     let Some(item) = jobs.item(&message.job_id, &message.item_id).await? else {
-        return Ok(Disposition::Retry(format!(
+        return Ok(Step::Settled(Disposition::Retry(format!(
             "job {} has no item {}",
             message.job_id, message.item_id
-        )));
+        ))));
     };
     if item.status.is_final() {
-        return Ok(Disposition::Done); // A redelivery of a finished item.
+        return Ok(Step::Settled(Disposition::Done)); // A redelivery of a finished item.
     }
     let Some((job, _)) = jobs.job(&message.job_id).await? else {
-        return Ok(Disposition::Retry(format!(
+        return Ok(Step::Settled(Disposition::Retry(format!(
             "job {} not found",
             message.job_id
-        )));
+        ))));
     };
     let now = state.clock.now();
     let attempt = uuid::Uuid::now_v7().to_string();
@@ -364,7 +372,9 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         .claim_item(&job.id, &item.id, &attempt, unix, unix + CLAIM_SECONDS)
         .await?
     {
-        return Ok(Disposition::Retry("another attempt holds the item".into()));
+        return Ok(Step::Settled(Disposition::Retry(
+            "another attempt holds the item".into(),
+        )));
     }
     let finish = |status, result: Option<String>, error: Option<String>| {
         let (job_id, item_id, attempt) = (job.id.clone(), item.id.clone(), attempt.clone());
@@ -391,14 +401,14 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
                 Some("the submitter is no longer a member of the organization".into()),
             )
             .await?;
-            return Ok(Disposition::Done);
+            return Ok(Step::Settled(Disposition::Done));
         }
     };
     let Some(plan) = state.catalog.plan(&membership.org.plan) else {
         release().await?;
-        return Ok(Disposition::Retry(
+        return Ok(Step::Settled(Disposition::Retry(
             "the organization's plan is not configured".into(),
-        ));
+        )));
     };
     let options: Options = serde_json::from_str(&job.options).unwrap_or_default();
     let messages: Vec<StoredMessage> = serde_json::from_str(&item.messages)
@@ -421,7 +431,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         Ok(p) => p,
         Err(err) => {
             finish(ItemStatus::Failed, None, Some(err.detail())).await?;
-            return Ok(Disposition::Done);
+            return Ok(Step::Settled(Disposition::Done));
         }
     };
     let meter = state.stores.meter.as_ref();
@@ -430,7 +440,9 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         Ok(limits::Verdict::Admitted(ticket)) => ticket,
         Ok(limits::Verdict::AccessChanged) => {
             release().await?;
-            return Ok(Disposition::Retry("the org's access changed".into()));
+            return Ok(Step::Settled(Disposition::Retry(
+                "the org's access changed".into(),
+            )));
         }
         Err(err @ GatewayError::Limit(LimitError::RateLimited { reset_secs, .. })) => {
             // The minute is full: the item waits for the next one, unless it has waited too long.
@@ -442,10 +454,10 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
                     err.detail()
                 );
                 finish(ItemStatus::Failed, None, Some(reason)).await?;
-                return Ok(Disposition::Done);
+                return Ok(Step::Settled(Disposition::Done));
             }
             release().await?;
-            return Ok(Disposition::Wait {
+            return Ok(Step::Wait {
                 message: JobMessage {
                     waiting_since: Some(waiting_since),
                     ..message.clone()
@@ -455,7 +467,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         }
         Err(err @ GatewayError::Limit(LimitError::MonthlyExceeded)) => {
             finish(ItemStatus::Failed, None, Some(err.detail())).await?;
-            return Ok(Disposition::Done);
+            return Ok(Step::Settled(Disposition::Done));
         }
         Err(err) => {
             release().await?;
@@ -480,7 +492,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
         Err(err) => {
             usage::settle(meter, &settlement).await;
             release().await?;
-            return Ok(Disposition::Retry(err.to_string()));
+            return Ok(Step::Settled(Disposition::Retry(err.to_string())));
         }
     };
     let cost = prepared
@@ -504,7 +516,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
             .map_err(|e| GatewayError::Internal(e.to_string()))?,
     });
     match meter.settle(&settlement).await {
-        Ok(()) => Ok(Disposition::Done),
+        Ok(()) => Ok(Step::Settled(Disposition::Done)),
         // Another attempt finished the item meanwhile: this answer is dropped, so this request
         // gives its message and hold back, as a provider failure would.
         Err(StoreError::Conflict(_)) => {
@@ -523,7 +535,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Disposition, 
                 state.request_retention,
             );
             usage::settle(meter, &dropped).await;
-            Ok(Disposition::Done)
+            Ok(Step::Settled(Disposition::Done))
         }
         // Nothing was written: the claim lapses and the item is tried again.
         Err(err) => Err(err.into()),
@@ -548,7 +560,7 @@ async fn send_to_wait(state: &AppState, message: &JobMessage, delay: Duration) -
     {
         Ok(()) => {
             tracing::info!(job_id = %message.job_id, item_id = %message.item_id, delay_secs = delay.as_secs(), "job item waits for the org's next minute");
-            Disposition::Done
+            Disposition::Waited
         }
         Err(err) => Disposition::Retry(format!("rate limited, and could not wait: {err}")),
     }
@@ -573,10 +585,7 @@ pub async fn handle_batch(
             .as_deref()
             .map(serde_json::from_str::<JobMessage>);
         let disposition = match parsed {
-            Some(Ok(message)) => match process(state, &message, receives, max_receives).await {
-                Disposition::Wait { message, delay } => send_to_wait(state, &message, delay).await,
-                other => other,
-            },
+            Some(Ok(message)) => process(state, &message, receives, max_receives).await,
             Some(Err(e)) => Disposition::Retry(format!("unreadable message: {e}")),
             None => Disposition::Retry("empty message".into()),
         };
@@ -587,7 +596,7 @@ pub async fn handle_batch(
     });
     let mut response = SqsBatchResponse::default();
     for (id, disposition) in futures::future::join_all(work).await {
-        if disposition != Disposition::Done {
+        if let Disposition::Retry(_) = disposition {
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
             response.batch_item_failures.push(failure);
@@ -622,13 +631,12 @@ pub async fn run_local_worker(
                     tokio::time::sleep(retry_after).await;
                     let _ = crate::queue::JobQueue::enqueue(&queue, &[message]).await;
                 }
-                Disposition::Wait { message, delay } => {
-                    // A new message, as in SQS: its receives start again.
+                Disposition::Waited => {
+                    // A delayed copy was sent, a new message as in SQS: its receives start again.
                     receives
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&key);
-                    let _ = crate::queue::JobQueue::enqueue_after(&queue, &[message], delay).await;
                 }
                 _ => {}
             }

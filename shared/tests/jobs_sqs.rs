@@ -946,3 +946,55 @@ async fn an_attempt_overtaken_by_another_gives_its_message_back() {
         "{outcomes:?}"
     );
 }
+
+/// SQS in front, refusing every delayed send, as SQS throttling the worker would.
+#[derive(Debug)]
+struct NoDelays(SqsQueue);
+
+#[async_trait::async_trait]
+impl JobQueue for NoDelays {
+    async fn enqueue_after(
+        &self,
+        messages: &[JobMessage],
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        if delay.is_zero() {
+            return self.0.enqueue(messages).await;
+        }
+        Err(QueueError {
+            reason: "SQS refused a message: throttled".into(),
+            unsent: messages.to_vec(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_item_that_cannot_wait_on_its_last_delivery_fails_instead_of_hanging() {
+    // One receive only: the first delivery is also the last.
+    let Some(h) = harness(1).await else { return };
+    let state = h.state.clone().with_queue(Arc::new(NoDelays(SqsQueue::new(
+        h.sqs.clone(),
+        h.queue_url.clone(),
+    ))));
+    let h = Harness { state, ..h };
+    // GIVEN the free plan's 5 requests a minute and a batch of 6
+    let items: Vec<Value> = (0..6).map(|i| item(&format!("i{i}"), "hi")).collect();
+    let job = h.submit(json!({"items": items})).await;
+
+    // WHEN the sixth finds the window full and its delayed copy cannot be sent
+    let delivery = h.work().await;
+
+    // THEN it is failed with the reason rather than left queued with no message
+    assert_eq!(delivery.received.len(), 6);
+    let view = h.job(&job).await;
+    assert_eq!(view["status"], "partially_failed", "{view}");
+    let failed: Vec<&Value> = view["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{view}");
+    let error = failed[0]["error"].as_str().expect("error");
+    assert!(error.contains("could not wait"), "{error}");
+}
