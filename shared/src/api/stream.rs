@@ -34,6 +34,8 @@ pub type StreamingResponse = Response<StreamingBody>;
 const CHANNEL_FRAMES: usize = 64;
 /// Time kept back from a stream's deadline to settle it and close the body.
 const SETTLE_MARGIN: Duration = Duration::from_secs(10);
+/// How long a closing event waits for room in front of a client that stopped reading.
+const CLOSING_WAIT: Duration = Duration::from_secs(2);
 
 /// When a stream must be cut so that it is still settled: before the Lambda invocation's deadline
 /// (the function is killed then, and an unsettled request is charged nothing), and before its
@@ -205,7 +207,15 @@ async fn pump(
         match next {
             Some(Ok(StreamEvent::Delta(text))) => {
                 text_bytes += text.len();
-                if sender.send(sse::data(&text)).await.is_err() {
+                // A client that stops reading fills the channel; the deadline still holds.
+                let sent = tokio::select! {
+                    sent = sender.send(sse::data(&text)) => sent.is_ok(),
+                    () = &mut cut_at => {
+                        out_of_time = true;
+                        break;
+                    }
+                };
+                if !sent {
                     client_gone = true;
                     break;
                 }
@@ -269,7 +279,7 @@ async fn pump(
     if let Some(detail) = interrupted {
         tracing::warn!(request_id = %metered.ticket.request_id, %detail, "stream interrupted");
         let detail = serde_json::json!({ "detail": detail }).to_string();
-        let _ = sender.send(sse::named("error", &detail)).await;
+        send_closing(&sender, sse::named("error", &detail)).await;
     }
     let usage_event = UsageEvent {
         input_tokens: used.input_tokens,
@@ -284,9 +294,15 @@ async fn pump(
         finish_reason: finish.as_ref().map(FinishReason::as_str),
     };
     if let Ok(json) = serde_json::to_string(&usage_event) {
-        let _ = sender.send(sse::named("usage", &json)).await;
+        send_closing(&sender, sse::named("usage", &json)).await;
     }
-    let _ = sender.send(sse::done()).await;
+    send_closing(&sender, sse::done()).await;
+}
+
+/// Sends one of the closing events, giving up on a client that has stopped reading: the
+/// request is settled by then, and the task must end.
+async fn send_closing(sender: &mpsc::Sender<Bytes>, frame: Bytes) {
+    let _ = tokio::time::timeout(CLOSING_WAIT, sender.send(frame)).await;
 }
 
 /// Usage for a stream the provider never finished reporting: the provider's counts where it gave
@@ -345,9 +361,9 @@ mod tests {
         assert_eq!(late, started);
     }
 
-    #[tokio::test]
-    async fn a_stream_cut_at_its_deadline_is_settled_and_closed_cleanly() {
-        // GIVEN an admitted request whose provider sends one delta and then nothing more
+    /// An admitted request on a memory store, ready to be pumped: its metering, the store, the
+    /// org and the month.
+    async fn admitted() -> (Metered, Arc<MemoryStore>, OrgId, String) {
         let settings = Settings::local("stream-unit-secret-stream-unit-secret", "http://x", None);
         let store = Arc::new(MemoryStore::new());
         let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
@@ -371,10 +387,6 @@ mod tests {
             panic!("not admitted");
         };
         let month = ticket.month.clone();
-        let stream: ChatStream = Box::pin(
-            futures::stream::iter([Ok(StreamEvent::Delta("Once".to_owned()))])
-                .chain(futures::stream::pending()),
-        );
         let metered = Metered {
             state: state.clone(),
             ticket,
@@ -383,6 +395,17 @@ mod tests {
             chat,
             started: Instant::now(),
         };
+        (metered, store, org, month)
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_at_its_deadline_is_settled_and_closed_cleanly() {
+        // GIVEN an admitted request whose provider sends one delta and then nothing more
+        let (metered, store, org, month) = admitted().await;
+        let stream: ChatStream = Box::pin(
+            futures::stream::iter([Ok(StreamEvent::Delta("Once".to_owned()))])
+                .chain(futures::stream::pending()),
+        );
         let (sender, mut receiver) = mpsc::channel(CHANNEL_FRAMES);
 
         // WHEN its deadline passes
@@ -413,5 +436,32 @@ mod tests {
             Some("usage estimated: the stream reached its time limit")
         );
         assert!(records[0].input_tokens > 0 && records[0].output_tokens > 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_does_not_hold_the_stream_past_its_deadline() {
+        // GIVEN a provider that streams without end, and a client that reads nothing
+        let (metered, store, org, month) = admitted().await;
+        let stream: ChatStream = Box::pin(futures::stream::repeat_with(|| {
+            Ok(StreamEvent::Delta("and so on ".to_owned()))
+        }));
+        let (sender, _unread) = mpsc::channel(4);
+
+        // WHEN the deadline passes with the channel full
+        let deadline = Instant::now() + Duration::from_millis(100);
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            pump(stream, sender, metered, deadline),
+        )
+        .await
+        .expect("the pump ends although nobody reads");
+
+        // THEN the request is settled as cut at its time limit
+        let records = store.requests(&org, &month).await.expect("records");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].error_message.as_deref(),
+            Some("usage estimated: the stream reached its time limit")
+        );
     }
 }
