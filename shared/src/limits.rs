@@ -111,12 +111,14 @@ pub async fn admit(
                 requests_in_window,
                 holds,
             } => {
-                // Holds of requests that died are released as soon as they are seen, so they
-                // never pile up in the month's item (on unlimited plans nothing else would).
-                // A failure here is left for the next admission: this request is already in.
-                for dead in holds.iter().filter(|h| h.expires_at < unix) {
-                    if let Err(error) = release_abandoned(meter, org, &month, dead, now).await {
-                        tracing::warn!(%org, request_id = %dead.request_id, %error, "an abandoned hold could not be released yet");
+                // Holds of requests that died are released as they are seen, so they never pile
+                // up in the month's item (on unlimited plans nothing else would): one per
+                // admission, picked by this request's id so that concurrent admissions mostly
+                // pick different ones. A failure is left for a later admission: this one is in.
+                let dead: Vec<&Hold> = holds.iter().filter(|h| h.expires_at < unix).collect();
+                if let Some(hold) = pick(&dead, &request_id) {
+                    if let Err(error) = release_abandoned(meter, org, &month, hold, now).await {
+                        tracing::warn!(%org, request_id = %hold.request_id, %error, "an abandoned hold could not be released yet");
                     }
                 }
                 return Ok(Verdict::Admitted(Ticket {
@@ -175,6 +177,17 @@ pub async fn admit(
         }
     }
     Err(LimitError::MonthlyExceeded.into())
+}
+
+/// One of `holds`, chosen by `key`.
+fn pick<'a>(holds: &[&'a Hold], key: &str) -> Option<&'a Hold> {
+    if holds.is_empty() {
+        return None;
+    }
+    let spread = key.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    holds.get(spread % holds.len()).copied()
 }
 
 /// Releases the hold of a request that never settled, recording it as abandoned.

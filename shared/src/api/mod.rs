@@ -340,8 +340,20 @@ pub(crate) async fn admit_chat(
     check_body: impl Fn(&ChatBody) -> Result<(), GatewayError>,
 ) -> Result<AdmittedChat, GatewayError> {
     let (mut membership, remembered) = recalled_org(state, request, caller).await?;
-    let body: ChatBody = json_body(request)?;
-    check_body(&body)?;
+    let body = json_body::<ChatBody>(request)
+        .map_err(GatewayError::from)
+        .and_then(|body| check_body(&body).map(|()| body));
+    let body = match body {
+        Ok(body) => body,
+        Err(err) => {
+            // Membership is checked before the body: on a remembered one, read it first.
+            if remembered {
+                state.access.forget(&membership.org.id, &caller.user_id);
+                current_org(state, request, caller).await?;
+            }
+            return Err(err);
+        }
+    };
     if remembered {
         if let Some(admitted) =
             admit_on_remembered(state, caller, &membership, body.clone()).await?
