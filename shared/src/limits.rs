@@ -96,6 +96,7 @@ pub async fn admit(
             tokens_limit: plan.tokens_per_month,
             hold: Hold {
                 request_id: request_id.clone(),
+                model: chat.model.id.to_string(),
                 tokens: input + max_tokens,
                 expires_at: unix + HOLD_SECONDS,
             },
@@ -208,7 +209,7 @@ async fn release_abandoned(
                 request_id: hold.request_id.clone(),
                 org: org.clone(),
                 user: UserId::from("unknown"),
-                model: "unknown".to_owned(),
+                model: hold.model.clone(),
                 input_tokens: 0,
                 output_tokens: 0,
                 duration_ms: 0,

@@ -475,6 +475,7 @@ async fn an_admission_sent_twice_counts_once(store: Arc<dyn Store>) {
         tokens_limit: Some(10_000),
         hold: Hold {
             request_id: "request-sent-twice".to_owned(),
+            model: "gemini-1.5-flash".to_owned(),
             tokens: 500,
             expires_at: unix + limits::HOLD_SECONDS,
         },
@@ -560,6 +561,19 @@ async fn a_dead_hold_is_released_by_the_next_admission_even_without_limits(store
     let records = store.requests(&org, "2030-11").await.expect("records");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, Outcome::Abandoned);
+    assert_eq!(records[0].model, "gemini-1.5-flash");
+    // AND its message, which stays counted, is in the day's aggregate under its model, tokenless
+    let days = store.daily_usage(&org, "2030-11").await.expect("daily");
+    assert_eq!(days.len(), 1, "{days:?}");
+    assert_eq!(
+        (
+            days[0].model.as_str(),
+            days[0].message_count,
+            days[0].total_tokens,
+            days[0].estimated_cost
+        ),
+        ("gemini-1.5-flash", 1, 0, 0)
+    );
 }
 
 macro_rules! meter_contract {

@@ -680,6 +680,10 @@ impl TryFrom<&Item> for MonthCounter {
             };
             holds.push(Hold {
                 request_id: request_id.to_owned(),
+                model: match hold.get("model") {
+                    Some(AttributeValue::S(model)) => model.clone(),
+                    _ => "unknown".to_owned(),
+                },
                 tokens: get_u64(hold, "tokens")?,
                 expires_at: get_u64(hold, "expires_at")? as i64,
             });
@@ -955,6 +959,7 @@ impl MeterStore for DynamoStore {
             .expression_attribute_values(
                 ":hold_item",
                 AttributeValue::M(HashMap::from([
+                    ("model".to_owned(), s(a.hold.model.as_str())),
                     ("tokens".to_owned(), n(a.hold.tokens)),
                     ("expires_at".to_owned(), n(a.hold.expires_at)),
                 ])),
@@ -1059,7 +1064,8 @@ impl MeterStore for DynamoStore {
                     .map_err(build_error)?,
             )
             .build();
-        let daily = if record.outcome == Outcome::Success {
+        // Abandoned requests keep their message, so they count in the day's aggregate too.
+        let daily = if record.outcome != Outcome::Failed {
             Some(
                 TransactWriteItem::builder()
                     .update(

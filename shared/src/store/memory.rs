@@ -217,28 +217,29 @@ impl MeterStore for MemoryStore {
             counter.committed = counter.committed.saturating_sub(s.hold_tokens);
         }
         let used = record.input_tokens + record.output_tokens;
-        match record.outcome {
-            Outcome::Success => {
-                counter.tokens += used;
-                counter.committed += used;
-                let day = inner
-                    .daily
-                    .entry(key.clone())
-                    .or_default()
-                    .entry((record.date.clone(), record.model.clone()))
-                    .or_insert_with(|| DailyUsage {
-                        date: record.date.clone(),
-                        model: record.model.clone(),
-                        ..DailyUsage::default()
-                    });
-                day.message_count += 1;
-                day.input_tokens += record.input_tokens;
-                day.output_tokens += record.output_tokens;
-                day.total_tokens += used;
-                day.estimated_cost += record.cost;
-            }
-            Outcome::Failed => counter.messages = counter.messages.saturating_sub(1),
-            Outcome::Abandoned => {}
+        if record.outcome == Outcome::Success {
+            counter.tokens += used;
+            counter.committed += used;
+        }
+        if record.outcome == Outcome::Failed {
+            counter.messages = counter.messages.saturating_sub(1);
+        } else {
+            // Abandoned requests keep their message, so they count in the day's aggregate too.
+            let day = inner
+                .daily
+                .entry(key.clone())
+                .or_default()
+                .entry((record.date.clone(), record.model.clone()))
+                .or_insert_with(|| DailyUsage {
+                    date: record.date.clone(),
+                    model: record.model.clone(),
+                    ..DailyUsage::default()
+                });
+            day.message_count += 1;
+            day.input_tokens += record.input_tokens;
+            day.output_tokens += record.output_tokens;
+            day.total_tokens += used;
+            day.estimated_cost += record.cost;
         }
         inner
             .requests

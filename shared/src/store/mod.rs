@@ -140,6 +140,8 @@ pub trait OrgStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub request_id: String,
+    /// The public model id, so a request that dies is still recorded and aggregated under it.
+    pub model: String,
     pub tokens: u64,
     /// Epoch seconds after which nobody will settle it: its request died.
     pub expires_at: i64,
