@@ -12,7 +12,7 @@ use crate::providers::{
 
 /// The body of `POST /api/v1/ai/chat`, as sent. Fields are loosely typed here and checked in
 /// [`prepare`], so every mistake gets a message naming the field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct ChatBody {
     pub messages: Vec<InputMessage>,
     pub model: Option<String>,
@@ -21,7 +21,7 @@ pub struct ChatBody {
     pub stream: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct InputMessage {
     pub role: String,
     pub content: String,

@@ -462,7 +462,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
                     waiting_since: Some(waiting_since),
                     ..message.clone()
                 },
-                delay: Duration::from_secs(reset_secs + spread(&item.id)),
+                delay: Duration::from_secs(reset_secs + jitter_secs(&item.id)),
             });
         }
         Err(err @ GatewayError::Limit(LimitError::MonthlyExceeded)) => {
@@ -543,10 +543,8 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
 }
 
 /// Up to two seconds, fixed per item, so a batch that waited does not come back all at once.
-fn spread(item: &str) -> u64 {
-    item.bytes()
-        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        % 3
+fn jitter_secs(item: &str) -> u64 {
+    crate::ids::spread(item) % 3
 }
 
 /// Sends a waiting item's message again, delayed; if that fails, the delivery is retried instead.

@@ -182,13 +182,9 @@ pub async fn admit(
 
 /// One of `holds`, chosen by `key`.
 fn pick<'a>(holds: &[&'a Hold], key: &str) -> Option<&'a Hold> {
-    if holds.is_empty() {
-        return None;
-    }
-    let spread = key.bytes().fold(0usize, |h, b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    });
-    holds.get(spread % holds.len()).copied()
+    let count = u64::try_from(holds.len()).ok().filter(|n| *n > 0)?;
+    let index = usize::try_from(crate::ids::spread(key) % count).ok()?;
+    holds.get(index).copied()
 }
 
 /// Releases the hold of a request that never settled, recording it as abandoned.

@@ -96,6 +96,21 @@ impl Gateway {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
+    /// The usage report once `messages` requests are settled (a stream settles after its
+    /// client left, in the background); fails the test if that takes over five seconds.
+    async fn usage_once_settled(&self, messages: u64) -> Value {
+        let mut report = self.usage().await;
+        for _ in 0..100 {
+            if report["total_messages"] == messages {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            report = self.usage().await;
+        }
+        assert_eq!(report["total_messages"], messages, "{report}");
+        report
+    }
+
     async fn usage(&self) -> Value {
         self.http
             .get(format!("{}/api/v1/ai/usage", self.base))
@@ -259,15 +274,7 @@ async fn a_client_that_leaves_stops_the_upstream_and_is_still_metered() {
     // WHEN the client goes away after the first delta
     drop(body);
     // THEN the request is settled soon after, with what was streamed, not the whole answer
-    let mut report = gw.usage().await;
-    for _ in 0..100 {
-        if report["total_messages"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        report = gw.usage().await;
-    }
-    assert_eq!(report["total_messages"], 1, "{report}");
+    let report = gw.usage_once_settled(1).await;
     let output = report["models_breakdown"]["gemini-1.5-flash"]["output_tokens"]
         .as_u64()
         .expect("tokens");
@@ -288,15 +295,7 @@ async fn a_client_that_leaves_before_any_text_is_charged_its_input() {
     drop(response);
     // THEN the request is still metered: one message and the input the provider was sent, with
     // the output as the provider reported it so far (Anthropic's opening event counts one token)
-    let mut report = gw.usage().await;
-    for _ in 0..100 {
-        if report["total_messages"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        report = gw.usage().await;
-    }
-    assert_eq!(report["total_messages"], 1, "{report}");
+    let report = gw.usage_once_settled(1).await;
     let used = &report["models_breakdown"]["claude-3-haiku"];
     assert!(used["input_tokens"].as_u64() > Some(0), "{report}");
     assert!(used["output_tokens"].as_u64() <= Some(1), "{report}");

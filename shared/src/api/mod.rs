@@ -339,11 +339,13 @@ pub(crate) async fn admit_chat(
     caller: &Caller,
     check_body: impl Fn(&ChatBody) -> Result<(), GatewayError>,
 ) -> Result<AdmittedChat, GatewayError> {
+    let parse = || {
+        json_body::<ChatBody>(request)
+            .map_err(GatewayError::from)
+            .and_then(|body| check_body(&body).map(|()| body))
+    };
     let (mut membership, remembered) = recalled_org(state, request, caller).await?;
-    let body = json_body::<ChatBody>(request)
-        .map_err(GatewayError::from)
-        .and_then(|body| check_body(&body).map(|()| body));
-    let body = match body {
+    let body = match parse() {
         Ok(body) => body,
         Err(err) => {
             // Membership is checked before the body: on a remembered one, read it first.
@@ -354,15 +356,17 @@ pub(crate) async fn admit_chat(
             return Err(err);
         }
     };
-    if remembered {
-        if let Some(admitted) =
-            admit_on_remembered(state, caller, &membership, body.clone()).await?
-        {
+    let body = if remembered {
+        if let Some(admitted) = admit_on_remembered(state, caller, &membership, body).await? {
             return Ok(admitted);
         }
         state.access.forget(&membership.org.id, &caller.user_id);
         membership = current_org(state, request, caller).await?;
-    }
+        // Parsed again rather than copied up front: this path is rare, the copy would not be.
+        parse()?
+    } else {
+        body
+    };
     let plan = plan_of(state, &membership)?;
     let prepared = chat::prepare(&state.catalog, plan, body)?;
     match admit_prepared(state, &membership, plan, prepared, None).await? {

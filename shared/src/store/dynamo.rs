@@ -393,8 +393,24 @@ impl DynamoStore {
             })
     }
 
+    /// Reads one item by key, strongly consistent.
+    pub(super) async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .metered(&self.metrics, Units::Read)
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item)
+    }
+
     /// Reads items by key in one BatchGetItem round trip, retrying what DynamoDB left unprocessed.
-    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+    pub(super) async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(100) {
             let mut pending = Some(
@@ -470,18 +486,11 @@ impl UserStore for DynamoStore {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("USER#{email}"), "PROFILE")))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .metered(&self.metrics, Units::Read)
-            .await
-            .map_err(unavailable)?;
-        out.item.as_ref().map(UserRecord::try_from).transpose()
+        self.get(key(format!("USER#{email}"), "PROFILE"))
+            .await?
+            .as_ref()
+            .map(UserRecord::try_from)
+            .transpose()
     }
 }
 
@@ -797,18 +806,8 @@ pub(super) fn cancellation_codes<R>(
 
 impl DynamoStore {
     async fn read_month(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("MONTH#{org}#{month}"), "MONTH")))
-            .consistent_read(true)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .metered(&self.metrics, Units::Read)
-            .await
-            .map_err(unavailable)?;
-        out.item
+        self.get(key(format!("MONTH#{org}#{month}"), "MONTH"))
+            .await?
             .as_ref()
             .map(MonthCounter::try_from)
             .transpose()

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{KeysAndAttributes, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 
 use super::dynamo::{
     build_error, cancellation_codes, get_s, get_u64, key, n, s, unavailable, DynamoStore, Item,
@@ -143,16 +143,11 @@ impl JobStore for DynamoStore {
     }
 
     async fn item(&self, job: &JobId, item: &str) -> Result<Option<JobItem>, StoreError> {
-        let out = self
-            .client()
-            .get_item()
-            .table_name(self.table())
-            .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item.as_ref().map(JobItem::try_from).transpose()
+        self.get(key(format!("JOB#{job}"), format!("ITEM#{item}")))
+            .await?
+            .as_ref()
+            .map(JobItem::try_from)
+            .transpose()
     }
 
     async fn jobs_of(
@@ -184,44 +179,17 @@ impl JobStore for DynamoStore {
             .last_evaluated_key
             .and_then(|k| k.get("sk").cloned())
             .and_then(|v| v.as_s().ok().cloned());
-        let mut jobs = Vec::with_capacity(ids.len());
-        if !ids.is_empty() {
-            let keys = ids
-                .iter()
-                .map(|id| key(format!("JOB#{id}"), "JOB"))
-                .collect();
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(build_error)?,
-            );
-            let mut found: HashMap<String, JobRecord> = HashMap::new();
-            for _ in 0..8 {
-                let Some(request) = pending.take() else { break };
-                let out = self
-                    .client()
-                    .batch_get_item()
-                    .request_items(self.table(), request)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(self.table()))
-                    .unwrap_or_default()
-                {
-                    let job = JobRecord::try_from(&item)?;
-                    found.insert(job.id.to_string(), job);
-                }
-                pending = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(self.table()))
-                    .filter(|k| !k.keys().is_empty());
-            }
-            jobs.extend(ids.iter().filter_map(|id| found.remove(id)));
+        let keys = ids
+            .iter()
+            .map(|id| key(format!("JOB#{id}"), "JOB"))
+            .collect();
+        let mut found: HashMap<String, JobRecord> = HashMap::new();
+        for item in self.batch_get(keys).await? {
+            let job = JobRecord::try_from(&item)?;
+            found.insert(job.id.to_string(), job);
         }
+        // Newest first, as the listing came.
+        let jobs = ids.iter().filter_map(|id| found.remove(id)).collect();
         Ok(JobPage { jobs, next })
     }
 
