@@ -189,7 +189,7 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 
 run_step "cargo fmt" cargo fmt --all --check
 run_step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-run_step "cargo build" cargo build --workspace
+run_step "cargo build" cargo build --workspace --all-targets
 if [ "${STEP_STATUS[${#STEP_STATUS[@]} - 1]}" = ok ]; then
     run_step "cargo nextest" nextest
     run_step "pytest" pytest_step

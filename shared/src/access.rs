@@ -8,8 +8,26 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::error::{AuthError, GatewayError};
 use crate::ids::{OrgId, UserId};
-use crate::store::Membership;
+use crate::store::{Membership, OrgAccess, OrgStore};
+
+/// The user's membership in the org, read from the store (and remembered), or why there is none.
+pub async fn read(
+    orgs: &dyn OrgStore,
+    cache: &AccessCache,
+    org: OrgId,
+    user: &UserId,
+) -> Result<Membership, GatewayError> {
+    match orgs.org_access(&org, user).await? {
+        OrgAccess::Member(membership) => {
+            cache.remember(user, &membership);
+            Ok(membership)
+        }
+        OrgAccess::NotMember => Err(AuthError::NotMember(org.to_string()).into()),
+        OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
+    }
+}
 
 /// How long a membership is remembered: only to keep the map small, never for correctness.
 const REMEMBER_FOR: Duration = Duration::from_secs(300);

@@ -127,101 +127,109 @@ impl Catalog {
 
     /// SPEC's default catalog and plans.
     pub fn builtin() -> Catalog {
-        let model = |id: &str, name: &str, provider, upstream: &str, max_tokens, input, output| {
-            let price = |nanos| NanoUsd(nanos);
-            (
-                ModelId::from(id),
-                Model {
-                    id: ModelId::from(id),
-                    name: name.to_owned(),
-                    provider,
-                    upstream: upstream.to_owned(),
-                    max_tokens,
-                    input_price: price(input),
-                    output_price: price(output),
-                },
-            )
-        };
-        let models = BTreeMap::from([
-            model(
-                "gemini-1.5-flash",
-                "Gemini 1.5 Flash",
-                ProviderKind::Google,
-                "gemini-1.5-flash",
-                8_192,
-                350,
-                1_050,
-            ),
-            model(
-                "gemini-1.5-pro",
-                "Gemini 1.5 Pro",
-                ProviderKind::Google,
-                "gemini-1.5-pro",
-                8_192,
-                1_250,
-                3_750,
-            ),
-            model(
-                "claude-3-haiku",
-                "Claude 3 Haiku",
-                ProviderKind::Anthropic,
-                "claude-3-haiku-20240307",
-                4_096,
-                250,
-                1_250,
-            ),
-            model(
-                "gpt-4o-mini",
-                "GPT-4o Mini",
-                ProviderKind::OpenAi,
-                "gpt-4o-mini",
-                16_384,
-                150,
-                600,
-            ),
-        ]);
-        let plan = |id: &str, rpm, messages, tokens, max_tokens, models| {
-            (
-                PlanId::from(id),
-                Plan {
-                    id: PlanId::from(id),
-                    requests_per_minute: rpm,
-                    messages_per_month: messages,
-                    tokens_per_month: tokens,
-                    max_tokens_per_request: max_tokens,
-                    models,
-                },
-            )
-        };
-        let plans = BTreeMap::from([
-            plan(
-                "free",
-                5,
-                Some(50),
-                Some(50_000),
-                1_024,
-                ModelSet::Only(vec![
-                    ModelId::from("gemini-1.5-flash"),
-                    ModelId::from("gpt-4o-mini"),
-                ]),
-            ),
-            plan(
-                "pro",
-                60,
-                Some(10_000),
-                Some(10_000_000),
-                4_096,
-                ModelSet::All,
-            ),
-            plan("team", 300, None, None, 8_192, ModelSet::All),
-        ]);
         Catalog {
-            models,
-            plans,
+            models: builtin_models(),
+            plans: builtin_plans(),
             default_model: ModelId::from("gemini-1.5-flash"),
             default_plan: PlanId::from("free"),
         }
     }
+}
+
+/// SPEC §2's models.
+fn builtin_models() -> BTreeMap<ModelId, Model> {
+    let model = |id: &str, name: &str, provider, upstream: &str, max_tokens, input, output| {
+        let price = |nanos| NanoUsd(nanos);
+        (
+            ModelId::from(id),
+            Model {
+                id: ModelId::from(id),
+                name: name.to_owned(),
+                provider,
+                upstream: upstream.to_owned(),
+                max_tokens,
+                input_price: price(input),
+                output_price: price(output),
+            },
+        )
+    };
+    BTreeMap::from([
+        model(
+            "gemini-1.5-flash",
+            "Gemini 1.5 Flash",
+            ProviderKind::Google,
+            "gemini-1.5-flash",
+            8_192,
+            350,
+            1_050,
+        ),
+        model(
+            "gemini-1.5-pro",
+            "Gemini 1.5 Pro",
+            ProviderKind::Google,
+            "gemini-1.5-pro",
+            8_192,
+            1_250,
+            3_750,
+        ),
+        model(
+            "claude-3-haiku",
+            "Claude 3 Haiku",
+            ProviderKind::Anthropic,
+            "claude-3-haiku-20240307",
+            4_096,
+            250,
+            1_250,
+        ),
+        model(
+            "gpt-4o-mini",
+            "GPT-4o Mini",
+            ProviderKind::OpenAi,
+            "gpt-4o-mini",
+            16_384,
+            150,
+            600,
+        ),
+    ])
+}
+
+/// SPEC §3's plans.
+fn builtin_plans() -> BTreeMap<PlanId, Plan> {
+    let plan = |id: &str, rpm, messages, tokens, max_tokens, models| {
+        (
+            PlanId::from(id),
+            Plan {
+                id: PlanId::from(id),
+                requests_per_minute: rpm,
+                messages_per_month: messages,
+                tokens_per_month: tokens,
+                max_tokens_per_request: max_tokens,
+                models,
+            },
+        )
+    };
+    BTreeMap::from([
+        plan(
+            "free",
+            5,
+            Some(50),
+            Some(50_000),
+            1_024,
+            ModelSet::Only(vec![
+                ModelId::from("gemini-1.5-flash"),
+                ModelId::from("gpt-4o-mini"),
+            ]),
+        ),
+        plan(
+            "pro",
+            60,
+            Some(10_000),
+            Some(10_000_000),
+            4_096,
+            ModelSet::All,
+        ),
+        plan("team", 300, None, None, 8_192, ModelSet::All),
+    ])
 }
 
 #[cfg(test)]

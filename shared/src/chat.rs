@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, Model, Plan};
 use crate::error::{GatewayError, PlanError, RequestError};
 use crate::ids::ModelId;
-use crate::providers::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, Providers, Speaker, Turn, Usage,
-};
+use crate::providers::{ChatRequest, ChatResponse, FinishReason, Speaker, Turn, Usage};
 
 /// The body of `POST /api/v1/ai/chat`, as sent. Fields are loosely typed here and checked in
 /// [`prepare`], so every mistake gets a message naming the field.
@@ -27,24 +25,47 @@ pub struct InputMessage {
     pub content: String,
 }
 
+/// A chat request whose fields are valid, before any plan is applied to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatInput {
+    /// The model asked for; the catalog's default when `None`.
+    pub model: Option<ModelId>,
+    /// The output tokens asked for; the model's and the plan's maximum when `None`.
+    pub max_tokens: Option<u32>,
+    pub system: Option<String>,
+    pub turns: Vec<Turn>,
+    pub temperature: Option<f32>,
+}
+
 /// A request that passed every check that needs no counter.
 #[derive(Debug, Clone)]
 pub struct PreparedChat {
     pub model: Model,
     pub request: ChatRequest,
+    /// `max_tokens` as the caller asked it, so the request can be prepared again under another
+    /// plan (the default depends on the plan).
+    pub asked_max_tokens: Option<u32>,
+}
+
+impl PreparedChat {
+    /// The request as it was before a plan was applied.
+    pub fn into_input(self) -> ChatInput {
+        ChatInput {
+            model: Some(self.model.id),
+            max_tokens: self.asked_max_tokens,
+            system: self.request.system,
+            turns: self.request.turns,
+            temperature: self.request.temperature,
+        }
+    }
 }
 
 fn invalid(text: String) -> GatewayError {
     RequestError::InvalidField(text).into()
 }
 
-/// Validates the body and applies the plan, in SPEC's order: fields, unknown model, model not in
-/// plan, max_tokens above the model's or the plan's maximum.
-pub fn prepare(
-    catalog: &Catalog,
-    plan: &Plan,
-    body: ChatBody,
-) -> Result<PreparedChat, GatewayError> {
+/// Checks the fields of a body, naming the first that is wrong.
+pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
     if body.messages.is_empty() {
         return Err(invalid(
             "messages: must contain at least one message".into(),
@@ -56,22 +77,23 @@ pub fn prepare(
         if message.content.trim().is_empty() {
             return Err(invalid(format!("messages[{i}].content: must not be empty")));
         }
-        match message.role.as_str() {
-            "system" => system.push(message.content),
-            "user" => turns.push(Turn {
-                speaker: Speaker::User,
-                text: message.content,
-            }),
-            "assistant" => turns.push(Turn {
-                speaker: Speaker::Assistant,
-                text: message.content,
-            }),
+        let speaker = match message.role.as_str() {
+            "system" => {
+                system.push(message.content);
+                continue;
+            }
+            "user" => Speaker::User,
+            "assistant" => Speaker::Assistant,
             other => {
                 return Err(invalid(format!(
                     "messages[{i}].role: unknown role {other:?}; expected system, user or assistant"
                 )))
             }
-        }
+        };
+        turns.push(Turn {
+            speaker,
+            text: message.content,
+        });
     }
     if turns.is_empty() {
         return Err(invalid(
@@ -87,7 +109,7 @@ pub fn prepare(
             )))
         }
     };
-    let requested_max = match body.max_tokens {
+    let max_tokens = match body.max_tokens {
         None => None,
         Some(n) if n >= 1 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
         Some(n) => {
@@ -96,13 +118,26 @@ pub fn prepare(
             )))
         }
     };
+    Ok(ChatInput {
+        model: body.model.map(ModelId::from),
+        max_tokens,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        turns,
+        temperature,
+    })
+}
 
-    let model_id = body
-        .model
-        .map(ModelId::from)
-        .unwrap_or_else(|| catalog.default_model.clone());
+/// Applies the catalog and the plan to a valid request, in SPEC's order: unknown model, model not
+/// in plan, max_tokens above the model's or the plan's maximum. Gives the model and the output
+/// tokens the request may use.
+pub fn check<'a>(
+    catalog: &'a Catalog,
+    plan: &Plan,
+    input: &ChatInput,
+) -> Result<(&'a Model, u32), GatewayError> {
+    let model_id = input.model.as_ref().unwrap_or(&catalog.default_model);
     let model = catalog
-        .model(&model_id)
+        .model(model_id)
         .ok_or_else(|| RequestError::UnknownModel {
             model: model_id.to_string(),
             valid: catalog.model_ids().join(", "),
@@ -110,7 +145,7 @@ pub fn prepare(
     if !plan.allows(&model.id) {
         return Err(PlanError::ModelNotInPlan(model.id.to_string()).into());
     }
-    let max_tokens = match requested_max {
+    let max_tokens = match input.max_tokens {
         Some(requested) if requested > model.max_tokens => {
             return Err(RequestError::MaxTokensAboveModel {
                 requested,
@@ -129,17 +164,32 @@ pub fn prepare(
         Some(requested) => requested,
         None => model.max_tokens.min(plan.max_tokens_per_request),
     };
+    Ok((model, max_tokens))
+}
 
-    Ok(PreparedChat {
+/// [`check`], then the request for the model's provider.
+pub fn prepare(
+    catalog: &Catalog,
+    plan: &Plan,
+    input: ChatInput,
+) -> Result<PreparedChat, GatewayError> {
+    let (model, max_tokens) = check(catalog, plan, &input)?;
+    Ok(build(model, max_tokens, input))
+}
+
+/// The request for a model that passed [`check`].
+pub fn build(model: &Model, max_tokens: u32, input: ChatInput) -> PreparedChat {
+    PreparedChat {
         model: model.clone(),
         request: ChatRequest {
             upstream_model: model.upstream.clone(),
-            system: (!system.is_empty()).then(|| system.join("\n\n")),
-            turns,
+            system: input.system,
+            turns: input.turns,
             max_tokens,
-            temperature,
+            temperature: input.temperature,
         },
-    })
+        asked_max_tokens: input.max_tokens,
+    }
 }
 
 /// The body of a chat answer, as SPEC §5 shows it.
@@ -169,42 +219,15 @@ impl From<Usage> for UsageBody {
 }
 
 impl ChatAnswer {
-    pub fn from_parts(response: ChatResponse, chat: &PreparedChat) -> ChatAnswer {
+    /// The answer of `model` (its public id).
+    pub fn from_parts(response: ChatResponse, model: String) -> ChatAnswer {
         ChatAnswer {
             message: response.text,
-            model: chat.model.id.to_string(),
+            model,
             usage: response.usage.into(),
             finish_reason: response.finish_reason,
         }
     }
-}
-
-/// Calls the model's provider.
-pub async fn answer(
-    providers: &Providers,
-    chat: &PreparedChat,
-) -> Result<ChatResponse, ProviderError> {
-    let provider = providers.get(chat.model.provider);
-    let started = std::time::Instant::now();
-    let response = provider.complete(&chat.request).await;
-    match &response {
-        Ok(response) => tracing::info!(
-            model = %chat.model.id,
-            provider = %chat.model.provider,
-            input_tokens = response.usage.input_tokens,
-            output_tokens = response.usage.output_tokens,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "chat answered"
-        ),
-        Err(err) => tracing::warn!(
-            model = %chat.model.id,
-            provider = %chat.model.provider,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = %err,
-            "provider failed"
-        ),
-    }
-    response
 }
 
 #[cfg(test)]
@@ -219,7 +242,7 @@ mod tests {
     fn check(plan: &str, json: serde_json::Value) -> Result<PreparedChat, GatewayError> {
         let catalog = Catalog::builtin();
         let plan = catalog.plan(&PlanId::from(plan)).expect("plan").clone();
-        prepare(&catalog, &plan, body(json))
+        validate(body(json)).and_then(|input| prepare(&catalog, &plan, input))
     }
 
     fn refusal(result: Result<PreparedChat, GatewayError>) -> (u16, String) {

@@ -330,125 +330,11 @@ pub fn apply_overrides(mut catalog: Catalog, text: &str) -> Result<Catalog, Stri
     let file: ConfigFile = raw.try_into().map_err(|e: toml::de::Error| e.to_string())?;
 
     for (id, patch) in file.models {
-        let at = format!("models.{id}");
-        let model_id = ModelId::from(id.as_str());
-        let model = match catalog.models.remove(&model_id) {
-            Some(mut model) => {
-                if let Some(v) = patch.name {
-                    model.name = v;
-                }
-                if let Some(v) = patch.provider {
-                    model.provider = v;
-                }
-                if let Some(v) = patch.upstream {
-                    model.upstream = v;
-                }
-                if let Some(v) = patch.max_tokens {
-                    model.max_tokens = v;
-                }
-                if let Some(v) = patch.input_usd_per_1k {
-                    model.input_price = price(&format!("{at}.input_usd_per_1k"), v)?;
-                }
-                if let Some(v) = patch.output_usd_per_1k {
-                    model.output_price = price(&format!("{at}.output_usd_per_1k"), v)?;
-                }
-                model
-            }
-            None => {
-                let missing = |field: &str| format!("{at}: a new model needs `{field}`");
-                Model {
-                    id: model_id.clone(),
-                    name: patch.name.unwrap_or_else(|| id.clone()),
-                    provider: patch.provider.ok_or_else(|| missing("provider"))?,
-                    upstream: patch.upstream.unwrap_or_else(|| id.clone()),
-                    max_tokens: patch.max_tokens.ok_or_else(|| missing("max_tokens"))?,
-                    input_price: price(
-                        &format!("{at}.input_usd_per_1k"),
-                        patch
-                            .input_usd_per_1k
-                            .ok_or_else(|| missing("input_usd_per_1k"))?,
-                    )?,
-                    output_price: price(
-                        &format!("{at}.output_usd_per_1k"),
-                        patch
-                            .output_usd_per_1k
-                            .ok_or_else(|| missing("output_usd_per_1k"))?,
-                    )?,
-                }
-            }
-        };
-        if model.max_tokens == 0 {
-            return Err(format!("{at}.max_tokens must be positive"));
-        }
-        catalog.models.insert(model_id, model);
+        apply_model(&mut catalog, id, patch)?;
     }
-
     for (id, patch) in file.plans {
-        let at = format!("plans.{id}");
-        let plan_id = PlanId::from(id.as_str());
-        let models = patch
-            .models
-            .map(|m| match m {
-                ModelsValue::Word(w) if w == "all" => Ok(ModelSet::All),
-                ModelsValue::Word(w) => Err(format!(
-                    "{at}.models: expected a list of model ids or \"all\", got {w:?}"
-                )),
-                ModelsValue::List(ids) => {
-                    Ok(ModelSet::Only(ids.into_iter().map(ModelId::from).collect()))
-                }
-            })
-            .transpose()?;
-        let messages = patch
-            .messages_per_month
-            .map(|v| v.into_limit(&format!("{at}.messages_per_month")))
-            .transpose()?;
-        let tokens = patch
-            .tokens_per_month
-            .map(|v| v.into_limit(&format!("{at}.tokens_per_month")))
-            .transpose()?;
-        let plan = match catalog.plans.remove(&plan_id) {
-            Some(mut plan) => {
-                if let Some(v) = patch.requests_per_minute {
-                    plan.requests_per_minute = v;
-                }
-                if let Some(v) = messages {
-                    plan.messages_per_month = v;
-                }
-                if let Some(v) = tokens {
-                    plan.tokens_per_month = v;
-                }
-                if let Some(v) = patch.max_tokens_per_request {
-                    plan.max_tokens_per_request = v;
-                }
-                if let Some(v) = models {
-                    plan.models = v;
-                }
-                plan
-            }
-            None => {
-                let missing = |field: &str| format!("{at}: a new plan needs `{field}`");
-                Plan {
-                    id: plan_id.clone(),
-                    requests_per_minute: patch
-                        .requests_per_minute
-                        .ok_or_else(|| missing("requests_per_minute"))?,
-                    messages_per_month: messages.ok_or_else(|| missing("messages_per_month"))?,
-                    tokens_per_month: tokens.ok_or_else(|| missing("tokens_per_month"))?,
-                    max_tokens_per_request: patch
-                        .max_tokens_per_request
-                        .ok_or_else(|| missing("max_tokens_per_request"))?,
-                    models: models.ok_or_else(|| missing("models"))?,
-                }
-            }
-        };
-        if plan.requests_per_minute == 0 || plan.max_tokens_per_request == 0 {
-            return Err(format!(
-                "{at}: requests_per_minute and max_tokens_per_request must be positive"
-            ));
-        }
-        catalog.plans.insert(plan_id, plan);
+        apply_plan(&mut catalog, id, patch)?;
     }
-
     if let Some(id) = file.default_model {
         catalog.default_model = ModelId::from(id);
     }
@@ -457,6 +343,130 @@ pub fn apply_overrides(mut catalog: Catalog, text: &str) -> Result<Catalog, Stri
     }
     validate(&catalog)?;
     Ok(catalog)
+}
+
+/// Applies one `[models.<id>]` table: patches a known model, or adds a new one whole.
+fn apply_model(catalog: &mut Catalog, id: String, patch: ModelPatch) -> Result<(), String> {
+    let at = format!("models.{id}");
+    let model_id = ModelId::from(id.as_str());
+    let model = match catalog.models.remove(&model_id) {
+        Some(mut model) => {
+            if let Some(v) = patch.name {
+                model.name = v;
+            }
+            if let Some(v) = patch.provider {
+                model.provider = v;
+            }
+            if let Some(v) = patch.upstream {
+                model.upstream = v;
+            }
+            if let Some(v) = patch.max_tokens {
+                model.max_tokens = v;
+            }
+            if let Some(v) = patch.input_usd_per_1k {
+                model.input_price = price(&format!("{at}.input_usd_per_1k"), v)?;
+            }
+            if let Some(v) = patch.output_usd_per_1k {
+                model.output_price = price(&format!("{at}.output_usd_per_1k"), v)?;
+            }
+            model
+        }
+        None => {
+            let missing = |field: &str| format!("{at}: a new model needs `{field}`");
+            Model {
+                id: model_id.clone(),
+                name: patch.name.unwrap_or_else(|| id.clone()),
+                provider: patch.provider.ok_or_else(|| missing("provider"))?,
+                upstream: patch.upstream.unwrap_or_else(|| id.clone()),
+                max_tokens: patch.max_tokens.ok_or_else(|| missing("max_tokens"))?,
+                input_price: price(
+                    &format!("{at}.input_usd_per_1k"),
+                    patch
+                        .input_usd_per_1k
+                        .ok_or_else(|| missing("input_usd_per_1k"))?,
+                )?,
+                output_price: price(
+                    &format!("{at}.output_usd_per_1k"),
+                    patch
+                        .output_usd_per_1k
+                        .ok_or_else(|| missing("output_usd_per_1k"))?,
+                )?,
+            }
+        }
+    };
+    if model.max_tokens == 0 {
+        return Err(format!("{at}.max_tokens must be positive"));
+    }
+    catalog.models.insert(model_id, model);
+    Ok(())
+}
+
+/// Applies one `[plans.<id>]` table: patches a known plan, or adds a new one whole.
+fn apply_plan(catalog: &mut Catalog, id: String, patch: PlanPatch) -> Result<(), String> {
+    let at = format!("plans.{id}");
+    let plan_id = PlanId::from(id.as_str());
+    let models = patch
+        .models
+        .map(|m| match m {
+            ModelsValue::Word(w) if w == "all" => Ok(ModelSet::All),
+            ModelsValue::Word(w) => Err(format!(
+                "{at}.models: expected a list of model ids or \"all\", got {w:?}"
+            )),
+            ModelsValue::List(ids) => {
+                Ok(ModelSet::Only(ids.into_iter().map(ModelId::from).collect()))
+            }
+        })
+        .transpose()?;
+    let messages = patch
+        .messages_per_month
+        .map(|v| v.into_limit(&format!("{at}.messages_per_month")))
+        .transpose()?;
+    let tokens = patch
+        .tokens_per_month
+        .map(|v| v.into_limit(&format!("{at}.tokens_per_month")))
+        .transpose()?;
+    let plan = match catalog.plans.remove(&plan_id) {
+        Some(mut plan) => {
+            if let Some(v) = patch.requests_per_minute {
+                plan.requests_per_minute = v;
+            }
+            if let Some(v) = messages {
+                plan.messages_per_month = v;
+            }
+            if let Some(v) = tokens {
+                plan.tokens_per_month = v;
+            }
+            if let Some(v) = patch.max_tokens_per_request {
+                plan.max_tokens_per_request = v;
+            }
+            if let Some(v) = models {
+                plan.models = v;
+            }
+            plan
+        }
+        None => {
+            let missing = |field: &str| format!("{at}: a new plan needs `{field}`");
+            Plan {
+                id: plan_id.clone(),
+                requests_per_minute: patch
+                    .requests_per_minute
+                    .ok_or_else(|| missing("requests_per_minute"))?,
+                messages_per_month: messages.ok_or_else(|| missing("messages_per_month"))?,
+                tokens_per_month: tokens.ok_or_else(|| missing("tokens_per_month"))?,
+                max_tokens_per_request: patch
+                    .max_tokens_per_request
+                    .ok_or_else(|| missing("max_tokens_per_request"))?,
+                models: models.ok_or_else(|| missing("models"))?,
+            }
+        }
+    };
+    if plan.requests_per_minute == 0 || plan.max_tokens_per_request == 0 {
+        return Err(format!(
+            "{at}: requests_per_minute and max_tokens_per_request must be positive"
+        ));
+    }
+    catalog.plans.insert(plan_id, plan);
+    Ok(())
 }
 
 fn validate(catalog: &Catalog) -> Result<(), String> {

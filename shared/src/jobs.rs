@@ -9,17 +9,17 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{self, ChatBody, InputMessage};
+use crate::catalog::Plan;
+use crate::chat::{self, ChatBody, ChatInput, InputMessage};
 use crate::clock;
-use crate::error::{GatewayError, LimitError, RequestError};
+use crate::error::{AuthError, GatewayError, LimitError, PlanError, RequestError};
 use crate::ids::{JobId, OrgId, UserId};
-use crate::limits;
+use crate::metered::{self, ItemAnswer};
+use crate::money::NanoUsd;
+use crate::providers::ChatResponse;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
-use crate::store::{
-    ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, OrgAccess, Outcome, StoreError,
-};
-use crate::usage;
+use crate::store::{ItemStatus, JobItem, JobRecord, Membership, StoreError};
 
 /// The most chats one batch may hold.
 pub const MAX_ITEMS: usize = 50;
@@ -71,10 +71,7 @@ pub fn prepare_job(
     body: JobBody,
     now: time::OffsetDateTime,
 ) -> Result<(JobRecord, Vec<JobItem>), GatewayError> {
-    let plan = state
-        .catalog
-        .plan(&membership.org.plan)
-        .ok_or_else(|| GatewayError::Internal("unknown plan".into()))?;
+    let plan = metered::plan_of(state, membership)?;
     let items: Vec<ItemBody> = match (body.messages, body.items) {
         (Some(messages), None) => vec![ItemBody {
             id: "chat".to_owned(),
@@ -96,6 +93,10 @@ pub fn prepare_job(
     let model = body
         .model
         .unwrap_or_else(|| state.catalog.default_model.to_string());
+    let options = Options {
+        temperature: body.temperature,
+        max_tokens: body.max_tokens,
+    };
     let mut seen = HashSet::new();
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -116,46 +117,8 @@ pub fn prepare_job(
                 item.id
             )));
         }
-        let stored: Vec<StoredMessage> = item
-            .messages
-            .iter()
-            .map(|m| StoredMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
-            })
-            .collect();
-        // The same checks as /chat, now, so a bad batch is refused before anything is queued.
-        chat::prepare(
-            &state.catalog,
-            plan,
-            ChatBody {
-                messages: item.messages,
-                model: Some(model.clone()),
-                temperature: body.temperature,
-                max_tokens: body.max_tokens,
-                stream: None,
-            },
-        )
-        .map_err(|e| match e {
-            GatewayError::Request(RequestError::InvalidField(text)) => {
-                invalid(format!("items[{i}].{text}"))
-            }
-            other => other,
-        })?;
-        records.push(JobItem {
-            id: item.id,
-            messages: serde_json::to_string(&stored)
-                .map_err(|e| GatewayError::Internal(e.to_string()))?,
-            status: ItemStatus::Queued,
-            result: None,
-            error: None,
-            claim: None,
-        });
+        records.push(job_item(state, plan, (&model, &options), i, item)?);
     }
-    let options = Options {
-        temperature: body.temperature,
-        max_tokens: body.max_tokens,
-    };
     let job = JobRecord {
         id: JobId::from(uuid::Uuid::now_v7().to_string()),
         org: membership.org.id.clone(),
@@ -169,6 +132,48 @@ pub fn prepare_job(
         created_at: clock::rfc3339(now),
     };
     Ok((job, records))
+}
+
+/// One item of a submission, checked as `/chat` would check it, so a bad batch is refused before
+/// anything is queued.
+fn job_item(
+    state: &AppState,
+    plan: &Plan,
+    (model, options): (&str, &Options),
+    i: usize,
+    item: ItemBody,
+) -> Result<JobItem, GatewayError> {
+    let stored: Vec<StoredMessage> = item
+        .messages
+        .iter()
+        .map(|m| StoredMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+        })
+        .collect();
+    chat::validate(ChatBody {
+        messages: item.messages,
+        model: Some(model.to_owned()),
+        temperature: options.temperature,
+        max_tokens: options.max_tokens,
+        stream: None,
+    })
+    .and_then(|input| chat::check(&state.catalog, plan, &input).map(|_| ()))
+    .map_err(|e| match e {
+        GatewayError::Request(RequestError::InvalidField(text)) => {
+            invalid(format!("items[{i}].{text}"))
+        }
+        other => other,
+    })?;
+    Ok(JobItem {
+        id: item.id,
+        messages: serde_json::to_string(&stored)
+            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        status: ItemStatus::Queued,
+        result: None,
+        error: None,
+        claim: None,
+    })
 }
 
 /// A job as its org's members see it.
@@ -348,6 +353,43 @@ struct ItemResult {
     cost: f64,
 }
 
+/// The item an attempt holds, and how to give it up or finish it.
+struct Claimed<'a> {
+    state: &'a AppState,
+    job: JobRecord,
+    item: String,
+    attempt: String,
+}
+
+impl Claimed<'_> {
+    async fn release(&self) -> Result<(), StoreError> {
+        let jobs = self.state.stores.jobs.as_ref();
+        jobs.release_item(&self.job.id, &self.item, &self.attempt)
+            .await
+    }
+
+    /// Finishes the item as failed, for `reason`: the attempt is done with it.
+    async fn fail(&self, reason: String) -> Result<Step, GatewayError> {
+        let jobs = self.state.stores.jobs.as_ref();
+        jobs.finish_item(
+            &self.job.id,
+            &self.item,
+            &self.attempt,
+            ItemStatus::Failed,
+            None,
+            Some(&reason),
+        )
+        .await?;
+        Ok(Step::Settled(Disposition::Done))
+    }
+
+    /// Gives the item back for its message to be delivered again, for `reason`.
+    async fn retry(&self, reason: String) -> Result<Step, GatewayError> {
+        self.release().await?;
+        Ok(Step::Settled(Disposition::Retry(reason)))
+    }
+}
+
 async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, GatewayError> {
     let jobs = state.stores.jobs.as_ref();
     let Some(item) = jobs.item(&message.job_id, &message.item_id).await? else {
@@ -365,9 +407,8 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
             message.job_id
         ))));
     };
-    let now = state.clock.now();
     let attempt = uuid::Uuid::now_v7().to_string();
-    let unix = now.unix_timestamp();
+    let unix = state.clock.now().unix_timestamp();
     if !jobs
         .claim_item(&job.id, &item.id, &attempt, unix, unix + CLAIM_SECONDS)
         .await?
@@ -376,44 +417,46 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
             "another attempt holds the item".into(),
         )));
     }
-    let finish = |status, result: Option<String>, error: Option<String>| {
-        let (job_id, item_id, attempt) = (job.id.clone(), item.id.clone(), attempt.clone());
-        async move {
-            jobs.finish_item(
-                &job_id,
-                &item_id,
-                &attempt,
-                status,
-                result.as_deref(),
-                error.as_deref(),
-            )
-            .await
-        }
+    let input = stored_input(&job, &item);
+    let claimed = Claimed {
+        state,
+        job,
+        item: item.id,
+        attempt,
     };
-    let release = || jobs.release_item(&job.id, &item.id, &attempt);
+    // The plan may have changed since the job was accepted: the same admission as /chat's.
+    let admitted =
+        match metered::admit(state, &claimed.job.user, claimed.job.org.clone(), input).await {
+            Ok(admitted) => admitted,
+            Err(err) => return refused(&claimed, message, err, unix).await,
+        };
+    let model = admitted.chat().model.id.to_string();
+    let answered = admitted
+        .complete_item(
+            metered::ItemAttempt {
+                job: claimed.job.id.clone(),
+                item: claimed.item.clone(),
+                attempt: claimed.attempt.clone(),
+            },
+            |response, cost| result_json(response, model, cost),
+        )
+        .await;
+    // The answer is stored and charged in one write: an item is charged exactly when it is
+    // answered, however often its message is delivered.
+    match answered {
+        ItemAnswer::Stored | ItemAnswer::Overtaken => Ok(Step::Settled(Disposition::Done)),
+        ItemAnswer::ProviderFailed(err) => claimed.retry(err.to_string()).await,
+        // Nothing was written: the claim lapses and the item is tried again.
+        ItemAnswer::StoreFailed(err) => Err(err.into()),
+    }
+}
 
-    let membership = match state.stores.orgs.org_access(&job.org, &job.user).await? {
-        OrgAccess::Member(m) => m,
-        _ => {
-            finish(
-                ItemStatus::Failed,
-                None,
-                Some("the submitter is no longer a member of the organization".into()),
-            )
-            .await?;
-            return Ok(Step::Settled(Disposition::Done));
-        }
-    };
-    let Some(plan) = state.catalog.plan(&membership.org.plan) else {
-        release().await?;
-        return Ok(Step::Settled(Disposition::Retry(
-            "the organization's plan is not configured".into(),
-        )));
-    };
+/// The item's chat, as stored at submission, with the job's model and options.
+fn stored_input(job: &JobRecord, item: &JobItem) -> Result<ChatInput, GatewayError> {
     let options: Options = serde_json::from_str(&job.options).unwrap_or_default();
     let messages: Vec<StoredMessage> = serde_json::from_str(&item.messages)
         .map_err(|e| GatewayError::Internal(format!("stored messages unreadable: {e}")))?;
-    let body = ChatBody {
+    chat::validate(ChatBody {
         messages: messages
             .into_iter()
             .map(|m| InputMessage {
@@ -425,26 +468,40 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
         temperature: options.temperature,
         max_tokens: options.max_tokens,
         stream: None,
+    })
+}
+
+/// The stored answer of an item.
+fn result_json(response: &ChatResponse, model: String, cost: NanoUsd) -> String {
+    let result = ItemResult {
+        message: response.text.clone(),
+        model,
+        usage: response.usage.into(),
+        finish_reason: response.finish_reason.clone(),
+        cost: cost.as_cents(),
     };
-    // The plan may have changed since the job was accepted: check again.
-    let mut prepared = match chat::prepare(&state.catalog, plan, body) {
-        Ok(p) => p,
-        Err(err) => {
-            finish(ItemStatus::Failed, None, Some(err.detail())).await?;
-            return Ok(Step::Settled(Disposition::Done));
+    serde_json::to_string(&result).unwrap_or_default()
+}
+
+/// What an item refused admission does: waits for the next minute, fails, or is retried.
+async fn refused(
+    claimed: &Claimed<'_>,
+    message: &JobMessage,
+    err: GatewayError,
+    unix: i64,
+) -> Result<Step, GatewayError> {
+    match err {
+        GatewayError::Auth(AuthError::NotMember(_) | AuthError::OrgNotFound(_)) => {
+            claimed
+                .fail("the submitter is no longer a member of the organization".into())
+                .await
         }
-    };
-    let meter = state.stores.meter.as_ref();
-    // The membership was just read: nothing remembered to confirm.
-    let ticket = match limits::admit(meter, now, &job.org, plan, &prepared, None).await {
-        Ok(limits::Verdict::Admitted(ticket)) => ticket,
-        Ok(limits::Verdict::AccessChanged) => {
-            release().await?;
-            return Ok(Step::Settled(Disposition::Retry(
-                "the org's access changed".into(),
-            )));
+        GatewayError::Plan(PlanError::UnknownPlan(_)) => {
+            claimed
+                .retry("the organization's plan is not configured".into())
+                .await
         }
-        Err(err @ GatewayError::Limit(LimitError::RateLimited { reset_secs, .. })) => {
+        GatewayError::Limit(LimitError::RateLimited { reset_secs, .. }) => {
             // The minute is full: the item waits for the next one, unless it has waited too long.
             let waiting_since = message.waiting_since.unwrap_or(unix);
             if unix - waiting_since > MAX_WAIT_SECS {
@@ -453,92 +510,24 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
                     MAX_WAIT_SECS / 60,
                     err.detail()
                 );
-                finish(ItemStatus::Failed, None, Some(reason)).await?;
-                return Ok(Step::Settled(Disposition::Done));
+                return claimed.fail(reason).await;
             }
-            release().await?;
-            return Ok(Step::Wait {
+            claimed.release().await?;
+            Ok(Step::Wait {
                 message: JobMessage {
                     waiting_since: Some(waiting_since),
                     ..message.clone()
                 },
-                delay: Duration::from_secs(reset_secs + jitter_secs(&item.id)),
-            });
+                delay: Duration::from_secs(reset_secs + jitter_secs(&claimed.item)),
+            })
         }
-        Err(err @ GatewayError::Limit(LimitError::MonthlyExceeded)) => {
-            finish(ItemStatus::Failed, None, Some(err.detail())).await?;
-            return Ok(Step::Settled(Disposition::Done));
+        GatewayError::Request(_) | GatewayError::Plan(_) | GatewayError::Limit(_) => {
+            claimed.fail(err.detail()).await
         }
-        Err(err) => {
-            release().await?;
-            return Err(err);
+        other => {
+            claimed.release().await?;
+            Err(other)
         }
-    };
-    prepared.request.max_tokens = ticket.max_tokens;
-    let started = std::time::Instant::now();
-    let answer = chat::answer(&state.providers, &prepared).await;
-    let mut settlement = usage::settlement(
-        &ticket,
-        &job.org,
-        &job.user,
-        &prepared.model,
-        answer.as_ref().map(|a| a.usage),
-        started.elapsed(),
-        state.clock.now(),
-        state.request_retention,
-    );
-    let response = match answer {
-        Ok(response) => response,
-        Err(err) => {
-            usage::settle(meter, &settlement).await;
-            release().await?;
-            return Ok(Step::Settled(Disposition::Retry(err.to_string())));
-        }
-    };
-    let cost = prepared
-        .model
-        .cost(response.usage.input_tokens, response.usage.output_tokens)
-        .as_cents();
-    let result = ItemResult {
-        message: response.text,
-        model: prepared.model.id.to_string(),
-        usage: response.usage.into(),
-        finish_reason: response.finish_reason,
-        cost,
-    };
-    // The answer is stored and charged in one write: an item is charged exactly when it is
-    // answered, however often its message is delivered.
-    settlement.job_item = Some(JobItemFinish {
-        job: job.id.clone(),
-        item: item.id.clone(),
-        attempt: attempt.clone(),
-        result: serde_json::to_string(&result)
-            .map_err(|e| GatewayError::Internal(e.to_string()))?,
-    });
-    match meter.settle(&settlement).await {
-        Ok(()) => Ok(Step::Settled(Disposition::Done)),
-        // Another attempt finished the item meanwhile: this answer is dropped, so this request
-        // gives its message and hold back, as a provider failure would.
-        Err(StoreError::Conflict(_)) => {
-            let dropped = usage::settlement_of(
-                &ticket,
-                &job.org,
-                &job.user,
-                &prepared.model,
-                (
-                    Outcome::Failed,
-                    Default::default(),
-                    Some("another attempt answered the item first".to_owned()),
-                ),
-                started.elapsed(),
-                state.clock.now(),
-                state.request_retention,
-            );
-            usage::settle(meter, &dropped).await;
-            Ok(Step::Settled(Disposition::Done))
-        }
-        // Nothing was written: the claim lapses and the item is tried again.
-        Err(err) => Err(err.into()),
     }
 }
 

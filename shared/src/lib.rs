@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod jobs;
 pub mod limits;
+pub mod metered;
 pub mod money;
 pub mod providers;
 pub mod queue;

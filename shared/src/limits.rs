@@ -7,17 +7,18 @@
 //! tokens remain), otherwise it is refused with 402. The input estimate is the UTF-8 byte count,
 //! which no tokenizer exceeds, so the settled usage never outgrows its hold.
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 use crate::catalog::Plan;
 use crate::chat::PreparedChat;
 use crate::clock;
 use crate::error::{GatewayError, LimitError};
-use crate::ids::{OrgId, UserId};
+use crate::ids::OrgId;
 use crate::providers::ChatRequest;
-use crate::store::{
-    AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, Outcome, RequestRecord, Settlement,
-};
+use crate::store::{AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, MonthCounter};
+use crate::usage;
 
 /// How long a hold lives before it counts as abandoned: far longer than any function may run.
 pub const HOLD_SECONDS: i64 = 15 * 60;
@@ -53,9 +54,18 @@ pub struct Ticket {
 
 /// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes.
 pub fn input_upper_bound(request: &ChatRequest) -> u64 {
-    let text: usize = request.system.as_ref().map_or(0, String::len)
-        + request.turns.iter().map(|t| t.text.len()).sum::<usize>();
-    text as u64 + TOKENS_PER_MESSAGE * (request.turns.len() as u64 + 2)
+    let text = request
+        .turns
+        .iter()
+        .fold(request.system.as_ref().map_or(0, String::len), |sum, t| {
+            sum.saturating_add(t.text.len())
+        });
+    let messages = u64::try_from(request.turns.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(2);
+    u64::try_from(text)
+        .unwrap_or(u64::MAX)
+        .saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages))
 }
 
 /// What admission decided, when it is not a refusal.
@@ -66,46 +76,87 @@ pub enum Verdict {
     AccessChanged,
 }
 
+/// The windows an instant falls in.
+struct Windows {
+    unix: i64,
+    minute: i64,
+    /// Seconds until the minute's window resets.
+    reset_secs: u64,
+    month: String,
+    month_end: i64,
+}
+
+impl Windows {
+    /// What admitting a request of `chat` asks of the store: a slot, a message and `hold` tokens.
+    fn admission(
+        &self,
+        org: &OrgId,
+        plan: &Plan,
+        chat: &PreparedChat,
+        (request_id, hold): (&str, u64),
+        access: Option<AccessCheck>,
+    ) -> Admission {
+        Admission {
+            org: org.clone(),
+            request_id: request_id.to_owned(),
+            minute: self.minute,
+            requests_per_minute: plan.requests_per_minute,
+            month: self.month.clone(),
+            messages_limit: plan.messages_per_month,
+            tokens_limit: plan.tokens_per_month,
+            hold: Hold {
+                request_id: request_id.to_owned(),
+                model: chat.model.id.to_string(),
+                tokens: hold,
+                expires_at: self.unix.saturating_add(HOLD_SECONDS),
+            },
+            // Clean-up only: the window is in the key, so a late delete changes nothing.
+            rate_expires_at: (self.minute + 1) * 60 + 3600,
+            month_expires_at: self.month_end + 35 * 86_400,
+            access,
+        }
+    }
+
+    fn at(now: OffsetDateTime) -> Windows {
+        let unix = now.unix_timestamp();
+        Windows {
+            unix,
+            minute: unix.div_euclid(60),
+            reset_secs: u64::try_from(60 - unix.rem_euclid(60)).unwrap_or(60),
+            month: clock::month_of(now),
+            month_end: clock::next_month_start(now).unix_timestamp(),
+        }
+    }
+}
+
+/// What to do after the month refused an admission.
+enum Next {
+    /// Try again as it is: dead holds were released, or others settled meanwhile.
+    Retry,
+    /// Try again asking for this many output tokens: all that is left.
+    Clamp(u64),
+    Refuse,
+}
+
 /// Admits a request against the org's plan, or says why not. With `access`, the plan and the
 /// membership the caller remembered are confirmed in the same step as the rate slot is taken.
+/// `retention` is how long the records of abandoned requests it releases are kept.
 pub async fn admit(
     meter: &dyn MeterStore,
-    now: OffsetDateTime,
+    (now, retention): (OffsetDateTime, Duration),
     org: &OrgId,
     plan: &Plan,
     chat: &PreparedChat,
     mut access: Option<AccessCheck>,
 ) -> Result<Verdict, GatewayError> {
-    let unix = now.unix_timestamp();
-    let minute = unix.div_euclid(60);
-    let reset_secs = (60 - unix.rem_euclid(60)) as u64;
-    let month = clock::month_of(now);
-    let month_end = clock::next_month_start(now).unix_timestamp();
+    let at = Windows::at(now);
     let input = input_upper_bound(&chat.request);
     let mut max_tokens = u64::from(chat.request.max_tokens);
     let request_id = uuid::Uuid::now_v7().to_string();
-
     for _ in 0..ATTEMPTS {
-        let admission = Admission {
-            org: org.clone(),
-            request_id: request_id.clone(),
-            minute,
-            requests_per_minute: plan.requests_per_minute,
-            month: month.clone(),
-            messages_limit: plan.messages_per_month,
-            tokens_limit: plan.tokens_per_month,
-            hold: Hold {
-                request_id: request_id.clone(),
-                model: chat.model.id.to_string(),
-                tokens: input + max_tokens,
-                expires_at: unix + HOLD_SECONDS,
-            },
-            // Clean-up only: the window is in the key, so a late delete changes nothing.
-            rate_expires_at: (minute + 1) * 60 + 3600,
-            month_expires_at: month_end + 35 * 86_400,
-            // Confirmed once is enough: a retry below reuses what the first attempt read.
-            access: access.take(),
-        };
+        // Confirmed once is enough: a retry below reuses what the first attempt read.
+        let hold = input.saturating_add(max_tokens);
+        let admission = at.admission(org, plan, chat, (&request_id, hold), access.take());
         match meter.admit(&admission).await? {
             AdmitOutcome::AccessChanged => return Ok(Verdict::AccessChanged),
             AdmitOutcome::Admitted {
@@ -116,68 +167,89 @@ pub async fn admit(
                 // up in the month's item (on unlimited plans nothing else would): one per
                 // admission, picked by this request's id so that concurrent admissions mostly
                 // pick different ones. A failure is left for a later admission: this one is in.
-                let dead: Vec<&Hold> = holds.iter().filter(|h| h.expires_at < unix).collect();
+                let dead: Vec<&Hold> = holds.iter().filter(|h| h.expires_at < at.unix).collect();
                 if let Some(hold) = pick(&dead, &request_id) {
-                    if let Err(error) = release_abandoned(meter, org, &month, hold, now).await {
+                    let times = (now, retention);
+                    if let Err(error) = release_abandoned(meter, org, &at.month, hold, times).await
+                    {
                         tracing::warn!(%org, request_id = %hold.request_id, %error, "an abandoned hold could not be released yet");
                     }
                 }
                 return Ok(Verdict::Admitted(Ticket {
                     request_id,
-                    month,
+                    month: at.month,
                     date: clock::date_of(now),
                     hold_tokens: admission.hold.tokens,
                     max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
                     rate: RateStatus {
                         limit: plan.requests_per_minute,
                         remaining: plan.requests_per_minute.saturating_sub(requests_in_window),
-                        reset_secs,
+                        reset_secs: at.reset_secs,
                     },
                 }));
             }
             AdmitOutcome::RateLimited { .. } => {
                 return Err(LimitError::RateLimited {
                     limit: plan.requests_per_minute,
-                    reset_secs,
+                    reset_secs: at.reset_secs,
                 }
                 .into());
             }
             AdmitOutcome::MonthlyExceeded(counter) => {
-                // Holds of requests that died are released first; they were never going to settle.
-                let dead: Vec<&Hold> = counter
-                    .holds
-                    .iter()
-                    .filter(|h| h.expires_at < unix)
-                    .collect();
-                if !dead.is_empty() {
-                    for hold in dead {
-                        release_abandoned(meter, org, &month, hold, now).await?;
-                    }
-                    continue;
+                let month = (at.month.as_str(), now, retention);
+                match after_refusal(meter, org, plan, month, &counter, (input, max_tokens)).await? {
+                    Next::Retry => {}
+                    Next::Clamp(output) => max_tokens = output,
+                    Next::Refuse => break,
                 }
-                if plan
-                    .messages_per_month
-                    .is_some_and(|l| counter.messages >= l)
-                {
-                    break;
-                }
-                let Some(limit) = plan.tokens_per_month else {
-                    break;
-                };
-                let left = limit.saturating_sub(counter.committed);
-                let output_left = left.saturating_sub(input);
-                if output_left >= max_tokens {
-                    continue; // Freed meanwhile by a request that settled.
-                }
-                if output_left < MIN_CLAMPED_OUTPUT.min(max_tokens) {
-                    break;
-                }
-                tracing::info!(%org, from = max_tokens, to = output_left, "max_tokens clamped to the month's remaining tokens");
-                max_tokens = output_left;
             }
         }
     }
     Err(LimitError::MonthlyExceeded.into())
+}
+
+/// Decides what follows a refusal by the month, from its counter as it stood: holds of requests
+/// that died are released first (they were never going to settle); then the request asks for the
+/// output tokens that are left, if that is enough to be worth it.
+async fn after_refusal(
+    meter: &dyn MeterStore,
+    org: &OrgId,
+    plan: &Plan,
+    (month, now, retention): (&str, OffsetDateTime, Duration),
+    counter: &MonthCounter,
+    (input, max_tokens): (u64, u64),
+) -> Result<Next, GatewayError> {
+    let unix = now.unix_timestamp();
+    let dead: Vec<&Hold> = counter
+        .holds
+        .iter()
+        .filter(|h| h.expires_at < unix)
+        .collect();
+    if !dead.is_empty() {
+        for hold in dead {
+            release_abandoned(meter, org, month, hold, (now, retention)).await?;
+        }
+        return Ok(Next::Retry);
+    }
+    if plan
+        .messages_per_month
+        .is_some_and(|l| counter.messages >= l)
+    {
+        return Ok(Next::Refuse);
+    }
+    let Some(limit) = plan.tokens_per_month else {
+        return Ok(Next::Refuse);
+    };
+    let left = limit.saturating_sub(counter.committed);
+    let output_left = left.saturating_sub(input);
+    if output_left >= max_tokens {
+        return Ok(Next::Retry); // Freed meanwhile by a request that settled.
+    }
+    if output_left < MIN_CLAMPED_OUTPUT.min(max_tokens) {
+        return Ok(Next::Refuse);
+    }
+    tracing::info!(%org, from = max_tokens, to = output_left, "max_tokens clamped to the month's remaining tokens");
+    Ok(Next::Clamp(output_left))
 }
 
 /// One of `holds`, chosen by `key`.
@@ -193,30 +265,16 @@ async fn release_abandoned(
     org: &OrgId,
     month: &str,
     hold: &Hold,
-    now: OffsetDateTime,
+    (now, retention): (OffsetDateTime, Duration),
 ) -> Result<(), GatewayError> {
     tracing::warn!(%org, request_id = %hold.request_id, tokens = hold.tokens, "releasing the hold of an abandoned request");
+    let times = usage::Times {
+        now,
+        took: Duration::ZERO,
+        retention,
+    };
     meter
-        .settle(&Settlement {
-            job_item: None,
-            month: month.to_owned(),
-            hold_tokens: hold.tokens,
-            record: RequestRecord {
-                request_id: hold.request_id.clone(),
-                org: org.clone(),
-                user: UserId::from("unknown"),
-                model: hold.model.clone(),
-                input_tokens: 0,
-                output_tokens: 0,
-                duration_ms: 0,
-                outcome: Outcome::Abandoned,
-                error_message: Some("abandoned: the request never settled".to_owned()),
-                cost: 0,
-                timestamp: clock::rfc3339(now),
-                date: clock::date_of(now),
-                expires_at: now.unix_timestamp() + 90 * 86_400,
-            },
-        })
+        .settle(&usage::abandonment(org, month, hold, times))
         .await
         .map_err(GatewayError::from)
 }

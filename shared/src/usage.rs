@@ -13,77 +13,204 @@ use crate::error::GatewayError;
 use crate::ids::{OrgId, UserId};
 use crate::limits::Ticket;
 use crate::money::NanoUsd;
-use crate::providers::{ProviderError, Usage};
-use crate::store::{MeterStore, Outcome, RequestRecord, Settlement};
+use crate::providers::Usage;
+use crate::store::{
+    DailyChange, Hold, MeterStore, MonthChange, Outcome, RequestRecord, Settlement,
+};
 
-/// How many times settling is tried before the usage is logged for reconciliation.
-const SETTLE_ATTEMPTS: u32 = 3;
-
-/// The settlement of a finished request.
-#[allow(clippy::too_many_arguments)]
-pub fn settlement(
-    ticket: &Ticket,
-    org: &OrgId,
-    user: &UserId,
-    model: &Model,
-    result: Result<Usage, &ProviderError>,
-    duration: Duration,
-    now: OffsetDateTime,
-    retention: Duration,
-) -> Settlement {
-    let (outcome, usage, error_message) = match result {
-        Ok(usage) => (Outcome::Success, usage, None),
-        Err(err) => (Outcome::Failed, Usage::default(), Some(err.to_string())),
-    };
-    settlement_of(
-        ticket,
-        org,
-        user,
-        model,
-        (outcome, usage, error_message),
-        duration,
-        now,
-        retention,
-    )
+/// How a request ended, as metering sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The provider answered, whole or in part: `usage` counts. `note` says why it is partial or
+    /// estimated, if it is.
+    Answered { usage: Usage, note: Option<String> },
+    /// The provider failed before any output: the message is given back, nothing is charged.
+    Failed(String),
 }
 
-/// The settlement of a request that ended as `(outcome, usage, error message)`.
-#[allow(clippy::too_many_arguments)]
-pub fn settlement_of(
+/// When and how long: what a settlement needs from the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    pub now: OffsetDateTime,
+    /// How long the request took.
+    pub took: Duration,
+    /// How long its record is kept (`REQUEST_RETENTION_DAYS`).
+    pub retention: Duration,
+}
+
+impl Times {
+    fn expires_at(&self) -> i64 {
+        let keep = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        self.now.unix_timestamp().saturating_add(keep)
+    }
+}
+
+/// What settling does to the counters, by outcome: the one place these rules live. A success adds
+/// its tokens; a failure gives its message back; an abandoned request keeps its message and adds
+/// nothing. Whatever the outcome, the request's hold is released, and every request that keeps
+/// its message counts in the day's aggregate, so `/usage` adds up to what the monthly limit counts.
+pub fn changes(
+    outcome: &Outcome,
+    used: Usage,
+    cost: NanoUsd,
+    hold_tokens: u64,
+    (date, model): (&str, &str),
+) -> (MonthChange, Option<DailyChange>) {
+    let used = match outcome {
+        Outcome::Success => used,
+        Outcome::Failed | Outcome::Abandoned => Usage::default(),
+    };
+    let tokens = used.total();
+    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let month = MonthChange {
+        messages: if *outcome == Outcome::Failed { -1 } else { 0 },
+        tokens,
+        committed_releasing_hold: signed(tokens).saturating_sub(signed(hold_tokens)),
+        committed_without_hold: signed(tokens),
+    };
+    let daily = (*outcome != Outcome::Failed).then(|| DailyChange {
+        date: date.to_owned(),
+        model: model.to_owned(),
+        messages: 1,
+        input_tokens: used.input_tokens,
+        output_tokens: used.output_tokens,
+        total_tokens: tokens,
+        cost: cost.0,
+    });
+    (month, daily)
+}
+
+/// Provider-reported usage, bounded by what the request held: no upstream can make a request
+/// count more output than it may ask for, or more tokens in all than its hold. A bound that had
+/// to be applied is logged.
+pub fn bounded(reported: Usage, ticket: &Ticket) -> Usage {
+    let output = reported.output_tokens.min(u64::from(ticket.max_tokens));
+    let input = reported
+        .input_tokens
+        .min(ticket.hold_tokens.saturating_sub(output));
+    let usage = Usage {
+        input_tokens: input,
+        output_tokens: output,
+    };
+    if usage != reported {
+        tracing::warn!(
+            request_id = %ticket.request_id,
+            reported_input = reported.input_tokens,
+            reported_output = reported.output_tokens,
+            input_tokens = input,
+            output_tokens = output,
+            hold_tokens = ticket.hold_tokens,
+            "provider-reported usage exceeds the request's hold; counted up to the hold"
+        );
+    }
+    usage
+}
+
+/// Usage for an answer whose provider never finished reporting it: the provider's counts where it
+/// gave them, otherwise about four bytes a token, never more than the request may use.
+pub fn estimated(
+    input_bound: u64,
+    max_tokens: u32,
+    reported: Option<Usage>,
+    text_bytes: usize,
+) -> Usage {
+    let input = reported
+        .map(|u| u.input_tokens)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| input_bound.div_ceil(4));
+    let text = u64::try_from(text_bytes).unwrap_or(u64::MAX);
+    let output = text
+        .div_ceil(4)
+        .max(reported.map_or(0, |u| u.output_tokens))
+        .min(u64::from(max_tokens));
+    Usage {
+        input_tokens: input,
+        output_tokens: output,
+    }
+}
+
+/// The settlement of an admitted request that ended as `ending`.
+pub fn settlement(
     ticket: &Ticket,
-    org: &OrgId,
-    user: &UserId,
+    (org, user): (&OrgId, &UserId),
     model: &Model,
-    (outcome, usage, error_message): (Outcome, Usage, Option<String>),
-    duration: Duration,
-    now: OffsetDateTime,
-    retention: Duration,
+    ending: Ending,
+    times: Times,
 ) -> Settlement {
+    let (outcome, used, error_message) = match ending {
+        Ending::Answered { usage, note } => (Outcome::Success, bounded(usage, ticket), note),
+        Ending::Failed(why) => (Outcome::Failed, Usage::default(), Some(why)),
+    };
+    let cost = model.cost(used.input_tokens, used.output_tokens);
+    let (month, daily) = changes(
+        &outcome,
+        used,
+        cost,
+        ticket.hold_tokens,
+        (&ticket.date, model.id.as_str()),
+    );
     Settlement {
-        job_item: None,
         month: ticket.month.clone(),
-        hold_tokens: ticket.hold_tokens,
+        change: month,
+        daily,
         record: RequestRecord {
             request_id: ticket.request_id.clone(),
             org: org.clone(),
             user: user.clone(),
             model: model.id.to_string(),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            duration_ms: duration.as_millis() as u64,
+            input_tokens: used.input_tokens,
+            output_tokens: used.output_tokens,
+            duration_ms: u64::try_from(times.took.as_millis()).unwrap_or(u64::MAX),
             outcome,
             error_message,
-            cost: model.cost(usage.input_tokens, usage.output_tokens).0,
-            timestamp: clock::rfc3339(now),
+            cost: cost.0,
+            timestamp: clock::rfc3339(times.now),
             date: ticket.date.clone(),
-            expires_at: now.unix_timestamp() + retention.as_secs() as i64,
+            expires_at: times.expires_at(),
         },
+        job_item: None,
     }
 }
 
-/// Settles a request. The caller's answer never waits on a failure here: after the store's own
+/// The settlement of a request nobody settled in time (its process died): found by its hold.
+pub fn abandonment(org: &OrgId, month: &str, hold: &Hold, times: Times) -> Settlement {
+    let date = clock::date_of(times.now);
+    let (change, daily) = changes(
+        &Outcome::Abandoned,
+        Usage::default(),
+        NanoUsd::ZERO,
+        hold.tokens,
+        (&date, &hold.model),
+    );
+    Settlement {
+        month: month.to_owned(),
+        change,
+        daily,
+        record: RequestRecord {
+            request_id: hold.request_id.clone(),
+            org: org.clone(),
+            user: UserId::from("unknown"),
+            model: hold.model.clone(),
+            input_tokens: 0,
+            output_tokens: 0,
+            duration_ms: 0,
+            outcome: Outcome::Abandoned,
+            error_message: Some("abandoned: the request never settled".to_owned()),
+            cost: 0,
+            timestamp: clock::rfc3339(times.now),
+            date,
+            expires_at: times.expires_at(),
+        },
+        job_item: None,
+    }
+}
+
+/// How many times settling is tried before the usage is logged for reconciliation.
+const SETTLE_ATTEMPTS: u32 = 3;
+
+/// Applies a settlement. The caller's answer never waits on a failure here: after the store's own
 /// retries and ours, the settlement is logged whole (`usage_unrecorded`) for reconciliation.
-pub async fn settle(meter: &dyn MeterStore, settlement: &Settlement) {
+pub async fn apply(meter: &dyn MeterStore, settlement: &Settlement) {
     let mut last_error = None;
     for attempt in 0..SETTLE_ATTEMPTS {
         match meter.settle(settlement).await {
@@ -103,7 +230,9 @@ pub async fn settle(meter: &dyn MeterStore, settlement: &Settlement) {
         user = %record.user,
         model = %record.model,
         month = %settlement.month,
-        hold_tokens = settlement.hold_tokens,
+        messages = settlement.change.messages,
+        tokens = settlement.change.tokens,
+        committed_releasing_hold = settlement.change.committed_releasing_hold,
         input_tokens = record.input_tokens,
         output_tokens = record.output_tokens,
         cost_nanos = record.cost,
@@ -149,14 +278,18 @@ pub async fn report(
     let mut by_model: BTreeMap<String, (u64, u64, u64, u64, NanoUsd)> = BTreeMap::new();
     for day in meter.daily_usage(org, month).await? {
         let entry = by_model.entry(day.model).or_default();
-        entry.0 += day.message_count;
-        entry.1 += day.total_tokens;
-        entry.2 += day.input_tokens;
-        entry.3 += day.output_tokens;
+        entry.0 = entry.0.saturating_add(day.message_count);
+        entry.1 = entry.1.saturating_add(day.total_tokens);
+        entry.2 = entry.2.saturating_add(day.input_tokens);
+        entry.3 = entry.3.saturating_add(day.output_tokens);
         entry.4 += NanoUsd(day.estimated_cost);
     }
-    let total_messages = by_model.values().map(|m| m.0).sum();
-    let total_tokens = by_model.values().map(|m| m.1).sum();
+    let total_messages = by_model
+        .values()
+        .fold(0u64, |sum, m| sum.saturating_add(m.0));
+    let total_tokens = by_model
+        .values()
+        .fold(0u64, |sum, m| sum.saturating_add(m.1));
     let total_cost = by_model.values().fold(NanoUsd::ZERO, |sum, m| sum + m.4);
     let share = |used: u64, limit: Option<u64>| {
         limit.map(|l| {

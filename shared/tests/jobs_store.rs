@@ -208,9 +208,21 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
         .claim_item(&record.id, "item-0", "second", 1_002, 1_200)
         .await
         .expect("claim"));
+    let used = gateway::providers::Usage {
+        input_tokens: 10,
+        output_tokens: 20,
+    };
+    let (change, daily) = gateway::usage::changes(
+        &Outcome::Success,
+        used,
+        gateway::money::NanoUsd(24_500),
+        0,
+        ("2026-11-15", "gemini-1.5-flash"),
+    );
     let settlement = |attempt: &str, request_id: &str| Settlement {
         month: "2026-11".to_owned(),
-        hold_tokens: 0,
+        change,
+        daily: daily.clone(),
         record: RequestRecord {
             request_id: request_id.to_owned(),
             org: org.clone(),

@@ -48,6 +48,7 @@ fn chat(max_tokens: u32) -> PreparedChat {
             temperature: None,
         },
         model,
+        asked_max_tokens: Some(max_tokens),
     }
 }
 
@@ -60,6 +61,9 @@ fn plan_without_messages() -> Plan {
 /// vanish mid-test.
 const NOW: OffsetDateTime = datetime!(2030-11-15 12:00:00 UTC);
 
+/// How long request records are kept.
+const RETENTION: Duration = Duration::from_secs(86_400);
+
 async fn admit(
     store: &Arc<dyn Store>,
     now: OffsetDateTime,
@@ -67,7 +71,15 @@ async fn admit(
     plan: &Plan,
     max_tokens: u32,
 ) -> Result<Ticket, GatewayError> {
-    let verdict = limits::admit(store.as_ref(), now, org, plan, &chat(max_tokens), None).await?;
+    let verdict = limits::admit(
+        store.as_ref(),
+        (now, RETENTION),
+        org,
+        plan,
+        &chat(max_tokens),
+        None,
+    )
+    .await?;
     match verdict {
         Verdict::Admitted(ticket) => Ok(ticket),
         Verdict::AccessChanged => panic!("no access was remembered, so none can have changed"),
@@ -86,7 +98,15 @@ async fn admit_as(
         user: user.clone(),
         plan: PlanId::from(assumed),
     };
-    limits::admit(store.as_ref(), NOW, org, plan, &chat(10), Some(check)).await
+    limits::admit(
+        store.as_ref(),
+        (NOW, RETENTION),
+        org,
+        plan,
+        &chat(10),
+        Some(check),
+    )
+    .await
 }
 
 async fn settle(
@@ -100,15 +120,21 @@ async fn settle(
         gateway::catalog::ProviderKind::Google,
         ProviderErrorKind::Timeout,
     );
+    let ending = match used {
+        Ok(usage) => usage::Ending::Answered { usage, note: None },
+        Err(()) => usage::Ending::Failed(failure.to_string()),
+    };
+    let times = usage::Times {
+        now,
+        took: Duration::from_millis(5),
+        retention: RETENTION,
+    };
     let settlement = usage::settlement(
         ticket,
-        org,
-        &UserId::from("user-1"),
+        (org, &UserId::from("user-1")),
         &chat(1).model,
-        used.map_err(|()| &failure),
-        Duration::from_millis(5),
-        now,
-        Duration::from_secs(86_400),
+        ending,
+        times,
     );
     store.settle(&settlement).await.expect("settle");
 }

@@ -657,3 +657,36 @@ async fn usage_is_metered_exactly_and_monthly_limits_answer_402() {
     assert_eq!(report["tokens_limit"], Value::Null);
     assert_eq!(report["usage_percentage"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_chat_is_settled_at_once() {
+    let gw = start().await;
+    let tenant = gw.tenant("leaver@example.com", "leaver").await;
+    // GIVEN a chat whose provider takes three seconds to answer
+    let body = json!({"messages": [{"role": "user", "content": "[sim:latency_ms=3000] hi"}]});
+    // WHEN the client gives up after 200 ms and closes its connection
+    let cut = gw
+        .http
+        .post(gw.url("/api/v1/ai/chat"))
+        .bearer_auth(&tenant.token)
+        .header("x-current-org", &tenant.org)
+        .json(&body)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(cut.is_err_and(|e| e.is_timeout()));
+    // THEN the request is settled at once, not left holding tokens until its hold lapses: it
+    // counts as a message, charged the input the provider was sent
+    let mut report = Value::Null;
+    for _ in 0..100 {
+        report = usage_report(&gw, &tenant, "").await.1;
+        if report["total_messages"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(report["total_messages"], 1, "{report}");
+    let used = &report["models_breakdown"]["gemini-1.5-flash"];
+    assert!(used["input_tokens"].as_u64() > Some(0), "{report}");
+    assert_eq!(used["output_tokens"], 0, "{report}");
+}

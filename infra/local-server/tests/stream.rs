@@ -300,3 +300,27 @@ async fn a_client_that_leaves_before_any_text_is_charged_its_input() {
     assert!(used["input_tokens"].as_u64() > Some(0), "{report}");
     assert!(used["output_tokens"].as_u64() <= Some(1), "{report}");
 }
+
+#[tokio::test]
+async fn a_provider_failing_before_any_output_is_a_plain_error() {
+    let gw = start().await;
+    // GIVEN providers whose stream fails before any output: an error as their first event, or a
+    // connection dropped before the first event
+    for (prompt, model, provider) in [
+        ("[sim:fail=0] hi", "gpt-4o-mini", "openai"),
+        ("[sim:cut=0] hi", "gemini-1.5-flash", "google"),
+    ] {
+        // WHEN a stream is asked of them
+        let response = gw.stream(prompt, model).await;
+        // THEN the answer is a plain JSON 502 naming the provider, not a 200 and an error event
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{prompt}");
+        let body: Value = response.json().await.expect("json");
+        let detail = body["detail"].as_str().expect("detail");
+        assert!(
+            detail.starts_with(&format!("Provider {provider}")),
+            "{detail}"
+        );
+    }
+    // AND no message was used
+    assert_eq!(gw.usage().await["total_messages"], 0);
+}

@@ -4,11 +4,12 @@ use http::header::CONTENT_TYPE;
 use lambda_http::Request;
 use serde::de::DeserializeOwned;
 
+use crate::access;
 use crate::auth::{bearer_token, Caller};
 use crate::error::{AuthError, GatewayError, RequestError};
 use crate::ids::OrgId;
 use crate::state::AppState;
-use crate::store::{Membership, OrgAccess};
+use crate::store::Membership;
 
 /// The largest body any endpoint accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -80,7 +81,7 @@ pub fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> 
 }
 
 /// The org id in `X-Current-Org`.
-fn org_header(request: &Request) -> Result<OrgId, AuthError> {
+pub fn org_header(request: &Request) -> Result<OrgId, AuthError> {
     let org = request
         .headers()
         .get("x-current-org")
@@ -101,36 +102,14 @@ pub async fn current_org(
     request: &Request,
     caller: &Caller,
 ) -> Result<Membership, GatewayError> {
-    read_access(state, org_header(request)?, caller).await
-}
-
-async fn read_access(
-    state: &AppState,
-    org: OrgId,
-    caller: &Caller,
-) -> Result<Membership, GatewayError> {
-    match state.stores.orgs.org_access(&org, &caller.user_id).await? {
-        OrgAccess::Member(membership) => {
-            state.access.remember(&caller.user_id, &membership);
-            Ok(membership)
-        }
-        OrgAccess::NotMember => Err(AuthError::NotMember(org.to_string()).into()),
-        OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
-    }
-}
-
-/// The caller's membership in the org named by `X-Current-Org`: as this process last read it if it
-/// did recently (`true`: to be confirmed by admission), else read from the store (`false`).
-pub async fn recalled_org(
-    state: &AppState,
-    request: &Request,
-    caller: &Caller,
-) -> Result<(Membership, bool), GatewayError> {
     let org = org_header(request)?;
-    match state.access.recall(&org, &caller.user_id) {
-        Some(membership) => Ok((membership, true)),
-        None => Ok((read_access(state, org, caller).await?, false)),
-    }
+    access::read(
+        state.stores.orgs.as_ref(),
+        &state.access,
+        org,
+        &caller.user_id,
+    )
+    .await
 }
 
 /// A query-string parameter, from API Gateway's parsed parameters in Lambda or from the URI.

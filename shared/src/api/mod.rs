@@ -12,29 +12,22 @@ use http::{Method, StatusCode};
 use lambda_http::Request;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, Caller};
-use crate::catalog::Plan;
-use crate::chat::{self, ChatBody, PreparedChat};
+use crate::auth;
+use crate::chat::{self, ChatBody};
 use crate::clock;
-use crate::error::{AuthError, GatewayError, PlanError, RequestError};
+use crate::error::{AuthError, GatewayError, RequestError};
 use crate::ids::{OrgId, UserId};
 use crate::jobs;
-use crate::limits::{self, Ticket, Verdict};
+use crate::metered;
 use crate::queue::JobMessage;
 use crate::state::AppState;
-use crate::store::{AccessCheck, Membership, OrgRecord, StoreError, UserRecord};
+use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
 use crate::usage;
-use extract::{caller, current_org, form_body, json_body, recalled_org};
+use extract::{caller, current_org, form_body, json_body, org_header};
 use respond::{finish, json, HttpResponse};
 
 /// What every handler returns to `lambda_http`: errors are already responses.
 pub type HandlerResult = Result<HttpResponse, lambda_http::Error>;
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
 
 #[derive(Debug, Serialize)]
 struct TokenBody {
@@ -107,7 +100,7 @@ async fn register_inner(state: &AppState, request: &Request) -> Result<HttpRespo
         id: UserId::generate(),
         email,
         password_hash,
-        created_at: now_rfc3339(),
+        created_at: clock::rfc3339(state.clock.now()),
     };
     match state.stores.users.create_user(&user).await {
         Ok(()) => {}
@@ -219,7 +212,7 @@ async fn create_org_inner(
         return Err(RequestError::InvalidField("name: must be 1-100 characters".into()).into());
     }
     check_slug(&body.slug)?;
-    let now = now_rfc3339();
+    let now = clock::rfc3339(state.clock.now());
     let org = OrgRecord {
         id: OrgId::generate(),
         name,
@@ -275,11 +268,7 @@ pub async fn chat(state: &AppState, request: Request) -> HandlerResult {
 
 async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
-    let AdmittedChat {
-        membership,
-        prepared,
-        ticket,
-    } = admit_chat(state, request, &caller, |body| {
+    let input = chat_input(request, |body| {
         if body.stream == Some(true) {
             return Err(RequestError::InvalidField(
                 "stream: streaming answers are served by POST /api/v1/ai/chat/stream".into(),
@@ -287,146 +276,25 @@ async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse,
             .into());
         }
         Ok(())
-    })
-    .await?;
-    let org = &membership.org.id;
-    let meter = state.stores.meter.as_ref();
-
-    let started = std::time::Instant::now();
-    let result = chat::answer(&state.providers, &prepared).await;
-    let settlement = usage::settlement(
-        &ticket,
-        org,
-        &caller.user_id,
-        &prepared.model,
-        match &result {
-            Ok(answer) => Ok(answer.usage),
-            Err(err) => Err(err),
-        },
-        started.elapsed(),
-        state.clock.now(),
-        state.request_retention,
-    );
-    usage::settle(meter, &settlement).await;
-
-    let mut response = match result {
-        Ok(answer) => json(
-            StatusCode::OK,
-            &chat::ChatAnswer::from_parts(answer, &prepared),
-        ),
+    });
+    let admitted = metered::admit(state, &caller.user_id, org_header(request)?, input).await?;
+    let (rate, model) = (admitted.rate(), admitted.chat().model.id.to_string());
+    let mut response = match admitted.complete().await {
+        Ok(answer) => json(StatusCode::OK, &chat::ChatAnswer::from_parts(answer, model)),
         Err(err) => respond::error(err.into()),
     };
-    respond::rate_headers(&mut response, ticket.rate);
+    respond::rate_headers(&mut response, rate);
     Ok(response)
 }
 
-/// A chat request let in: whose, what it asks (`max_tokens` as admitted), and its ticket.
-pub(crate) struct AdmittedChat {
-    pub membership: Membership,
-    pub prepared: PreparedChat,
-    pub ticket: Ticket,
-}
-
-/// The checks of a chat request, in SPEC's order (org, body, plan, rate, month), then admission.
-/// `check_body` adds the endpoint's own rule on the parsed body.
-///
-/// When this process read the caller's membership recently, it is not read first: admission
-/// confirms it while it takes the rate slot, one round trip instead of two. If it changed, or if
-/// the remembered plan would refuse the request, everything is done again on a fresh read.
-pub(crate) async fn admit_chat(
-    state: &AppState,
+/// The chat request of a native `/api/v1/ai/chat*` body; `check_body` adds the endpoint's own rule.
+pub(crate) fn chat_input(
     request: &Request,
-    caller: &Caller,
     check_body: impl Fn(&ChatBody) -> Result<(), GatewayError>,
-) -> Result<AdmittedChat, GatewayError> {
-    let parse = || {
-        json_body::<ChatBody>(request)
-            .map_err(GatewayError::from)
-            .and_then(|body| check_body(&body).map(|()| body))
-    };
-    let (mut membership, remembered) = recalled_org(state, request, caller).await?;
-    let body = match parse() {
-        Ok(body) => body,
-        Err(err) => {
-            // Membership is checked before the body: on a remembered one, read it first.
-            if remembered {
-                state.access.forget(&membership.org.id, &caller.user_id);
-                current_org(state, request, caller).await?;
-            }
-            return Err(err);
-        }
-    };
-    let body = if remembered {
-        if let Some(admitted) = admit_on_remembered(state, caller, &membership, body).await? {
-            return Ok(admitted);
-        }
-        state.access.forget(&membership.org.id, &caller.user_id);
-        membership = current_org(state, request, caller).await?;
-        // Parsed again rather than copied up front: this path is rare, the copy would not be.
-        parse()?
-    } else {
-        body
-    };
-    let plan = plan_of(state, &membership)?;
-    let prepared = chat::prepare(&state.catalog, plan, body)?;
-    match admit_prepared(state, &membership, plan, prepared, None).await? {
-        Some(admitted) => Ok(admitted),
-        None => Err(GatewayError::Internal(
-            "admission without an access check reported changed access".into(),
-        )),
-    }
-}
-
-/// Admission on a remembered membership, confirmed as the rate slot is taken; `None` if it no
-/// longer holds or if its plan would refuse the request (refusals are given on fresh reads only).
-async fn admit_on_remembered(
-    state: &AppState,
-    caller: &Caller,
-    membership: &Membership,
-    body: ChatBody,
-) -> Result<Option<AdmittedChat>, GatewayError> {
-    let Ok(plan) = plan_of(state, membership) else {
-        return Ok(None);
-    };
-    let Ok(prepared) = chat::prepare(&state.catalog, plan, body) else {
-        return Ok(None);
-    };
-    let check = AccessCheck {
-        user: caller.user_id.clone(),
-        plan: membership.org.plan.clone(),
-    };
-    admit_prepared(state, membership, plan, prepared, Some(check)).await
-}
-
-/// Admits a prepared request; `None` if `check` found the access changed (nothing taken).
-async fn admit_prepared(
-    state: &AppState,
-    membership: &Membership,
-    plan: &Plan,
-    mut prepared: PreparedChat,
-    check: Option<AccessCheck>,
-) -> Result<Option<AdmittedChat>, GatewayError> {
-    let meter = state.stores.meter.as_ref();
-    let now = state.clock.now();
-    let org = &membership.org.id;
-    match limits::admit(meter, now, org, plan, &prepared, check).await? {
-        Verdict::AccessChanged => Ok(None),
-        Verdict::Admitted(ticket) => {
-            prepared.request.max_tokens = ticket.max_tokens;
-            Ok(Some(AdmittedChat {
-                membership: membership.clone(),
-                prepared,
-                ticket,
-            }))
-        }
-    }
-}
-
-fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {
-    state
-        .catalog
-        .plan(&membership.org.plan)
-        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()).into())
+) -> Result<chat::ChatInput, GatewayError> {
+    let body = json_body::<ChatBody>(request)?;
+    check_body(&body)?;
+    chat::validate(body)
 }
 
 /// `GET /api/v1/ai/usage[?month=YYYY-MM]` → the org's usage in the month (this month by default).
@@ -437,7 +305,7 @@ pub async fn usage(state: &AppState, request: Request) -> HandlerResult {
 async fn usage_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
     let membership = current_org(state, request, &caller).await?;
-    let plan = plan_of(state, &membership)?;
+    let plan = metered::plan_of(state, &membership)?;
     let month = match extract::query_param(request, "month") {
         None => clock::month_of(state.clock.now()),
         Some(raw) => usage::parse_month(&raw).ok_or_else(|| {
@@ -476,7 +344,7 @@ pub async fn models(state: &AppState, request: Request) -> HandlerResult {
 async fn models_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
     let membership = current_org(state, request, &caller).await?;
-    let plan = plan_of(state, &membership)?;
+    let plan = metered::plan_of(state, &membership)?;
     let models = state
         .catalog
         .models_in(plan)

@@ -5,7 +5,7 @@ use http::StatusCode;
 use lambda_http::{Body, Response};
 use serde::Serialize;
 
-use crate::error::{AuthError, GatewayError, LimitError};
+use crate::error::{GatewayError, LimitError};
 use crate::limits::RateStatus;
 
 pub type HttpResponse = Response<Body>;
@@ -52,15 +52,7 @@ pub fn error(err: GatewayError) -> HttpResponse {
             detail: err.detail(),
         },
     );
-    if matches!(
-        err,
-        GatewayError::Auth(
-            AuthError::MissingToken
-                | AuthError::InvalidToken
-                | AuthError::ExpiredToken
-                | AuthError::BadCredentials
-        )
-    ) {
+    if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));

@@ -15,16 +15,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::extract::caller;
-use super::{admit_chat, respond, sse, AdmittedChat};
-use crate::chat::PreparedChat;
+use super::extract::{caller, org_header};
+use super::{chat_input, respond, sse};
 use crate::error::GatewayError;
-use crate::ids::{OrgId, UserId};
-use crate::limits::{self, Ticket};
-use crate::providers::{ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
+use crate::limits;
+use crate::metered::{self, MeteredStream, StreamEnd};
+use crate::providers::FinishReason;
 use crate::state::AppState;
-use crate::store::Outcome;
-use crate::usage;
 
 /// Every response of the stream endpoint, errors included: a body Lambda can stream.
 pub type StreamingBody = BoxBody<Bytes, Infallible>;
@@ -76,47 +73,21 @@ pub async fn chat_stream(
 
 async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, GatewayError> {
     let caller = caller(state, request)?;
-    let AdmittedChat {
-        membership,
-        prepared,
-        ticket,
-    } = admit_chat(state, request, &caller, |_| Ok(())).await?;
-    let org = membership.org.id.clone();
-
-    let started = Instant::now();
-    let provider = state.providers.get(prepared.model.provider);
-    let stream = match provider.stream(&prepared.request).await {
+    let input = chat_input(request, |_| Ok(()));
+    let admitted = metered::admit(state, &caller.user_id, org_header(request)?, input).await?;
+    let deadline = stream_deadline(request, Instant::now());
+    let stream = match admitted.open_stream(deadline).await {
         Ok(stream) => stream,
-        Err(err) => {
-            // Refused before any output: a plain error, and the message is given back.
-            let metered = Metered {
-                state: state.clone(),
-                ticket: ticket.clone(),
-                org,
-                user: caller.user_id,
-                chat: prepared,
-                started,
-            };
-            metered
-                .settle(Outcome::Failed, Usage::default(), Some(err.to_string()))
-                .await;
+        Err((err, rate)) => {
+            // Refused before any output: a plain error; the message was given back.
             let mut response = respond::error(err.into());
-            respond::rate_headers(&mut response, ticket.rate);
+            respond::rate_headers(&mut response, rate);
             return Ok(plain(response));
         }
     };
-
+    let rate = stream.rate();
     let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-    let metered = Metered {
-        state: state.clone(),
-        ticket: ticket.clone(),
-        org,
-        user: caller.user_id,
-        chat: prepared,
-        started,
-    };
-    let deadline = stream_deadline(request, started);
-    tokio::spawn(pump(stream, sender, metered, deadline));
+    tokio::spawn(pump(stream, sender, deadline));
 
     let body = StreamBody::new(
         ReceiverStream::new(receiver).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))),
@@ -130,37 +101,11 @@ async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, 
         .body(BodyExt::boxed(body))
         .map_err(|e| GatewayError::Internal(format!("building the stream response: {e}")))?;
     let mut headers_only = respond::HttpResponse::default();
-    respond::rate_headers(&mut headers_only, ticket.rate);
+    respond::rate_headers(&mut headers_only, rate);
     response
         .headers_mut()
         .extend(headers_only.headers().clone());
     Ok(response)
-}
-
-/// What settling a streamed request needs, moved into the task that drives the stream.
-struct Metered {
-    state: AppState,
-    ticket: Ticket,
-    org: OrgId,
-    user: UserId,
-    chat: PreparedChat,
-    started: Instant,
-}
-
-impl Metered {
-    async fn settle(&self, outcome: Outcome, used: Usage, error_message: Option<String>) {
-        let settlement = usage::settlement_of(
-            &self.ticket,
-            &self.org,
-            &self.user,
-            &self.chat.model,
-            (outcome, used, error_message),
-            self.started.elapsed(),
-            self.state.clock.now(),
-            self.state.request_retention,
-        );
-        usage::settle(self.state.stores.meter.as_ref(), &settlement).await;
-    }
 }
 
 /// The `event: usage` body.
@@ -176,122 +121,47 @@ struct UsageEvent<'a> {
     finish_reason: Option<&'a str>,
 }
 
-/// Moves the provider's events to the client as they come, then settles what was consumed. When
-/// the client goes away the upstream stream is dropped, which cancels the provider request.
-async fn pump(
-    mut stream: ChatStream,
-    sender: mpsc::Sender<Bytes>,
-    metered: Metered,
-    deadline: Instant,
-) {
-    let mut reported: Option<Usage> = None;
-    let mut finish: Option<FinishReason> = None;
-    let mut failure: Option<ProviderError> = None;
-    let mut text_bytes = 0usize;
-    let mut client_gone = false;
-    let mut out_of_time = false;
+/// Moves the provider's text to the client as it comes, then settles what was consumed and closes
+/// the stream. When the client goes away the upstream stream is dropped, which cancels the
+/// provider request.
+async fn pump(mut stream: MeteredStream, sender: mpsc::Sender<Bytes>, deadline: Instant) {
     let cut_at = tokio::time::sleep_until(deadline.into());
     tokio::pin!(cut_at);
-    loop {
-        let next = tokio::select! {
-            _ = sender.closed() => {
-                client_gone = true;
-                break;
-            }
-            () = &mut cut_at => {
-                out_of_time = true;
-                break;
-            }
-            next = stream.next() => next,
+    let end = loop {
+        let text = tokio::select! {
+            _ = sender.closed() => break StreamEnd::ClientGone,
+            () = &mut cut_at => break StreamEnd::OutOfTime,
+            text = stream.next_text() => text,
         };
-        match next {
-            Some(Ok(StreamEvent::Delta(text))) => {
-                text_bytes += text.len();
-                // A client that stops reading fills the channel; the deadline still holds.
-                let sent = tokio::select! {
-                    sent = sender.send(sse::data(&text)) => sent.is_ok(),
-                    () = &mut cut_at => {
-                        out_of_time = true;
-                        break;
-                    }
-                };
-                if !sent {
-                    client_gone = true;
-                    break;
-                }
-            }
-            Some(Ok(StreamEvent::Usage(usage))) => reported = Some(usage),
-            Some(Ok(StreamEvent::Finish(reason))) => finish = Some(reason),
-            Some(Err(err)) => {
-                failure = Some(err);
-                break;
-            }
-            None => break,
+        let Some(text) = text else {
+            break StreamEnd::Drained;
+        };
+        // A client that stops reading fills the channel; the deadline still holds.
+        let sent = tokio::select! {
+            sent = sender.send(sse::data(&text)) => sent.is_ok(),
+            () = &mut cut_at => break StreamEnd::OutOfTime,
+        };
+        if !sent {
+            break StreamEnd::ClientGone;
         }
-    }
-    drop(stream);
-
-    let complete = finish.is_some() && failure.is_none() && !client_gone;
-    let provider_failed_first = text_bytes == 0 && !complete && !client_gone && !out_of_time;
-    let (outcome, used, estimated, note) = if provider_failed_first {
-        // The provider failed before any output: like a refusal, nothing is used. (A client that
-        // leaves first, or a stream cut at its deadline, is charged what the provider was sent:
-        // the provider did that work.)
-        (Outcome::Failed, Usage::default(), false, None)
-    } else if complete && reported.is_some() {
-        (Outcome::Success, reported.unwrap_or_default(), false, None)
-    } else {
-        let why = match (&failure, client_gone, out_of_time) {
-            (Some(err), _, _) => err.to_string(),
-            (None, true, _) => "the client disconnected".to_owned(),
-            (None, false, true) => "the stream reached its time limit".to_owned(),
-            (None, false, false) => "the provider reported no usage".to_owned(),
-        };
-        let used = estimate(&metered, reported, text_bytes);
-        (
-            Outcome::Success,
-            used,
-            true,
-            Some(format!("usage estimated: {why}")),
-        )
     };
-    let error_message = match (&outcome, &failure) {
-        (Outcome::Failed, Some(err)) => Some(err.to_string()),
-        (Outcome::Failed, None) if client_gone => Some("the client disconnected".to_owned()),
-        _ => note,
-    };
-    if client_gone {
-        tracing::info!(request_id = %metered.ticket.request_id, "client went away; upstream cancelled");
-    }
-    metered.settle(outcome, used, error_message).await;
-    if client_gone {
+    let request_id = stream.request_id().to_owned();
+    let summary = stream.finish(end).await;
+    if end == StreamEnd::ClientGone {
         return;
     }
-
-    let interrupted = match (&failure, out_of_time) {
-        (Some(err), _) => Some(err.to_string()),
-        (None, true) => Some(
-            "The answer was cut: the stream reached its time limit. Ask for fewer tokens or use a job."
-                .to_owned(),
-        ),
-        (None, false) => None,
-    };
-    if let Some(detail) = interrupted {
-        tracing::warn!(request_id = %metered.ticket.request_id, %detail, "stream interrupted");
+    if let Some(detail) = &summary.interrupted {
+        tracing::warn!(%request_id, %detail, "stream interrupted");
         let detail = serde_json::json!({ "detail": detail }).to_string();
         send_closing(&sender, sse::named("error", &detail)).await;
     }
     let usage_event = UsageEvent {
-        input_tokens: used.input_tokens,
-        output_tokens: used.output_tokens,
-        total_tokens: used.total(),
-        cost: metered
-            .chat
-            .model
-            .cost(used.input_tokens, used.output_tokens)
-            .as_cents(),
-        estimated,
-        finish_reason: finish.as_ref().map(FinishReason::as_str),
+        input_tokens: summary.usage.input_tokens,
+        output_tokens: summary.usage.output_tokens,
+        total_tokens: summary.usage.total(),
+        cost: summary.cost.as_cents(),
+        estimated: summary.estimated,
+        finish_reason: summary.finish_reason.as_ref().map(FinishReason::as_str),
     };
     if let Ok(json) = serde_json::to_string(&usage_event) {
         send_closing(&sender, sse::named("usage", &json)).await;
@@ -305,33 +175,15 @@ async fn send_closing(sender: &mpsc::Sender<Bytes>, frame: Bytes) {
     let _ = tokio::time::timeout(CLOSING_WAIT, sender.send(frame)).await;
 }
 
-/// Usage for a stream the provider never finished reporting: the provider's counts where it gave
-/// them, otherwise about four bytes a token, never more than the request's hold allows.
-fn estimate(metered: &Metered, reported: Option<Usage>, text_bytes: usize) -> Usage {
-    let bound = limits::input_upper_bound(&metered.chat.request);
-    let input = reported
-        .map(|u| u.input_tokens)
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| bound.div_ceil(4));
-    let output = (text_bytes as u64)
-        .div_ceil(4)
-        .max(reported.map_or(0, |u| u.output_tokens))
-        .min(u64::from(metered.ticket.max_tokens));
-    Usage {
-        input_tokens: input,
-        output_tokens: output,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chat::ChatBody;
     use crate::config::Settings;
     use crate::ids::{OrgId, PlanId, UserId};
-    use crate::limits::Verdict;
+    use crate::providers::{ChatStream, StreamEvent};
     use crate::store::memory::MemoryStore;
-    use crate::store::{MeterStore, Stores};
+    use crate::store::{MeterStore, OrgRecord, OrgStore, Outcome, Stores};
     use std::sync::Arc;
 
     fn in_lambda(deadline_in: Duration) -> Request {
@@ -361,47 +213,42 @@ mod tests {
         assert_eq!(late, started);
     }
 
-    /// An admitted request on a memory store, ready to be pumped: its metering, the store, the
-    /// org and the month.
-    async fn admitted() -> (Metered, Arc<MemoryStore>, OrgId, String) {
+    /// An admitted request on a memory store, ready to be pumped: the call, the store, the org
+    /// and the month.
+    async fn admitted() -> (metered::Admitted, Arc<MemoryStore>, OrgId, String) {
         let settings = Settings::local("stream-unit-secret-stream-unit-secret", "http://x", None);
         let store = Arc::new(MemoryStore::new());
         let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
-        let plan = state
-            .catalog
-            .plan(&PlanId::from("free"))
-            .expect("free")
-            .clone();
+        let (org, user) = (OrgId::from("org-1"), UserId::from("user-1"));
+        let record = OrgRecord {
+            id: org.clone(),
+            name: "Org".into(),
+            slug: "org-1".into(),
+            plan: PlanId::from("free"),
+            owner_id: user.clone(),
+            created_at: "2026-11-01T00:00:00Z".into(),
+        };
+        store
+            .create_org(&record, &record.created_at)
+            .await
+            .expect("org");
         let body: ChatBody = serde_json::from_value(serde_json::json!({
             "messages": [{"role": "user", "content": "tell me everything"}],
             "model": "gemini-1.5-flash"
         }))
         .expect("body");
-        let chat = crate::chat::prepare(&state.catalog, &plan, body).expect("prepared");
-        let org = OrgId::from("org-1");
-        let meter = state.stores.meter.as_ref();
-        let now = state.clock.now();
-        let Ok(Verdict::Admitted(ticket)) =
-            limits::admit(meter, now, &org, &plan, &chat, None).await
-        else {
-            panic!("not admitted");
-        };
-        let month = ticket.month.clone();
-        let metered = Metered {
-            state: state.clone(),
-            ticket,
-            org: org.clone(),
-            user: UserId::from("user-1"),
-            chat,
-            started: Instant::now(),
-        };
-        (metered, store, org, month)
+        let input = crate::chat::validate(body);
+        let admitted = metered::admit(&state, &user, org.clone(), input)
+            .await
+            .expect("admitted");
+        let month = crate::clock::month_of(state.clock.now());
+        (admitted, store, org, month)
     }
 
     #[tokio::test]
     async fn a_stream_cut_at_its_deadline_is_settled_and_closed_cleanly() {
         // GIVEN an admitted request whose provider sends one delta and then nothing more
-        let (metered, store, org, month) = admitted().await;
+        let (admitted, store, org, month) = admitted().await;
         let stream: ChatStream = Box::pin(
             futures::stream::iter([Ok(StreamEvent::Delta("Once".to_owned()))])
                 .chain(futures::stream::pending()),
@@ -412,7 +259,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(100);
         tokio::time::timeout(
             Duration::from_secs(10),
-            pump(stream, sender, metered, deadline),
+            pump(MeteredStream::new(admitted, stream), sender, deadline),
         )
         .await
         .expect("the pump stops at the deadline");
@@ -441,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_does_not_hold_the_stream_past_its_deadline() {
         // GIVEN a provider that streams without end, and a client that reads nothing
-        let (metered, store, org, month) = admitted().await;
+        let (admitted, store, org, month) = admitted().await;
         let stream: ChatStream = Box::pin(futures::stream::repeat_with(|| {
             Ok(StreamEvent::Delta("and so on ".to_owned()))
         }));
@@ -451,7 +298,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(100);
         tokio::time::timeout(
             Duration::from_secs(20),
-            pump(stream, sender, metered, deadline),
+            pump(MeteredStream::new(admitted, stream), sender, deadline),
         )
         .await
         .expect("the pump ends although nobody reads");

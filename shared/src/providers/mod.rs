@@ -54,7 +54,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn total(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
@@ -231,17 +231,7 @@ impl Upstream {
             .await
             .map_err(|e| self.transport_error(e))?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| message_of(&v))
-                .unwrap_or_else(|| {
-                    let text = String::from_utf8_lossy(&body);
-                    text.chars().take(200).collect()
-                });
-            return Err(self.error(ProviderErrorKind::Upstream {
-                status: status.as_u16(),
-                message: self.scrub(&message),
-            }));
+            return Err(self.refused(status, &body, message_of));
         }
         serde_json::from_slice(&body)
             .map_err(|e| self.error(ProviderErrorKind::InvalidResponse(e.to_string())))
@@ -268,15 +258,32 @@ impl Upstream {
                 .await
                 .map_err(|_| self.error(ProviderErrorKind::Timeout))?
                 .map_err(|e| self.transport_error(e))?;
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| message_of(&v))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-            return Err(self.error(ProviderErrorKind::Upstream {
-                status: status.as_u16(),
-                message: self.scrub(&message),
-            }));
+            return Err(self.refused(status, &body, message_of));
         }
+        Ok(self.events(response, parser))
+    }
+
+    /// The upstream's refusal, with the provider's message (found by `message_of`, else the
+    /// start of the body) scrubbed of the key.
+    fn refused(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        message_of: fn(&serde_json::Value) -> Option<String>,
+    ) -> ProviderError {
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| message_of(&v))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+        self.error(ProviderErrorKind::Upstream {
+            status: status.as_u16(),
+            message: self.scrub(&message),
+        })
+    }
+
+    /// The events of an accepted streaming response, decoded as they arrive: events parsed before
+    /// a failure still go out first, and every silence is bounded by the request timeout.
+    fn events(&self, response: reqwest::Response, parser: impl StreamParser) -> ChatStream {
         struct State<P> {
             upstream: Upstream,
             bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
@@ -348,7 +355,7 @@ impl Upstream {
                 }
             }
         });
-        Ok(Box::pin(stream))
+        Box::pin(stream)
     }
 }
 

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::{
     Admission, AdmitOutcome, DailyUsage, ItemStatus, JobItem, JobPage, JobRecord, JobStore,
-    Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, Outcome, RequestRecord,
-    Role, Settlement, StoreError, UserRecord, UserStore,
+    Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, RequestRecord, Role,
+    Settlement, StoreError, UserRecord, UserStore,
 };
 use crate::ids::{JobId, OrgId, PlanId, UserId};
 
@@ -27,6 +27,39 @@ struct Inner {
     daily: HashMap<(OrgId, String), BTreeMap<(String, String), DailyUsage>>,
     settled: HashSet<String>,
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
+}
+
+impl Inner {
+    /// Finishes an item the attempt holds, counting it on the job; false if the attempt no longer
+    /// holds it (nothing changed).
+    fn finish(
+        &mut self,
+        job: &JobId,
+        item: &str,
+        attempt: &str,
+        status: ItemStatus,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let Some((record, items)) = self.jobs.get_mut(job) else {
+            return Err(StoreError::NotFound("job"));
+        };
+        let Some(entry) = items.get_mut(item) else {
+            return Err(StoreError::NotFound("job item"));
+        };
+        if entry.status.is_final() || entry.claim.as_ref().is_none_or(|(a, _)| a != attempt) {
+            return Ok(false);
+        }
+        entry.status = status;
+        entry.result = result.map(str::to_owned);
+        entry.error = error.map(str::to_owned);
+        entry.claim = None;
+        match status {
+            ItemStatus::Succeeded => record.succeeded = record.succeeded.saturating_add(1),
+            _ => record.failed = record.failed.saturating_add(1),
+        }
+        Ok(true)
+    }
 }
 
 /// One lock over everything: each operation is one critical section, like one DynamoDB
@@ -166,14 +199,14 @@ impl MeterStore for MemoryStore {
         let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
         let tokens_full = a
             .tokens_limit
-            .is_some_and(|l| counter.committed + a.hold.tokens > l);
+            .is_some_and(|l| counter.committed.saturating_add(a.hold.tokens) > l);
         if messages_full || tokens_full {
             return Ok(AdmitOutcome::MonthlyExceeded(counter));
         }
         inner.rate_windows.insert(window, in_window + 1);
         let counter = inner.months.entry(key).or_default();
-        counter.messages += 1;
-        counter.committed += a.hold.tokens;
+        counter.messages = counter.messages.saturating_add(1);
+        counter.committed = counter.committed.saturating_add(a.hold.tokens);
         counter.holds.push(a.hold.clone());
         Ok(AdmitOutcome::Admitted {
             requests_in_window: in_window + 1,
@@ -188,24 +221,16 @@ impl MeterStore for MemoryStore {
             return Ok(());
         }
         if let Some(finish) = &s.job_item {
-            let held = inner
-                .jobs
-                .get(&finish.job)
-                .and_then(|(_, items)| items.get(&finish.item))
-                .is_some_and(|i| {
-                    !i.status.is_final()
-                        && i.claim.as_ref().is_some_and(|(a, _)| a == &finish.attempt)
-                });
+            let held = inner.finish(
+                &finish.job,
+                &finish.item,
+                &finish.attempt,
+                ItemStatus::Succeeded,
+                Some(&finish.result),
+                None,
+            )?;
             if !held {
                 return Err(StoreError::Conflict("job item"));
-            }
-            if let Some((job, items)) = inner.jobs.get_mut(&finish.job) {
-                if let Some(item) = items.get_mut(&finish.item) {
-                    item.status = ItemStatus::Succeeded;
-                    item.result = Some(finish.result.clone());
-                    item.claim = None;
-                    job.succeeded += 1;
-                }
             }
         }
         inner.settled.insert(record.request_id.clone());
@@ -213,33 +238,30 @@ impl MeterStore for MemoryStore {
         let counter = inner.months.entry(key.clone()).or_default();
         let before = counter.holds.len();
         counter.holds.retain(|h| h.request_id != record.request_id);
-        if counter.holds.len() < before {
-            counter.committed = counter.committed.saturating_sub(s.hold_tokens);
-        }
-        let used = record.input_tokens + record.output_tokens;
-        if record.outcome == Outcome::Success {
-            counter.tokens += used;
-            counter.committed += used;
-        }
-        if record.outcome == Outcome::Failed {
-            counter.messages = counter.messages.saturating_sub(1);
+        let committed = if counter.holds.len() < before {
+            s.change.committed_releasing_hold
         } else {
-            // Abandoned requests keep their message, so they count in the day's aggregate too.
+            s.change.committed_without_hold
+        };
+        counter.messages = counter.messages.saturating_add_signed(s.change.messages);
+        counter.tokens = counter.tokens.saturating_add(s.change.tokens);
+        counter.committed = counter.committed.saturating_add_signed(committed);
+        if let Some(change) = &s.daily {
             let day = inner
                 .daily
                 .entry(key.clone())
                 .or_default()
-                .entry((record.date.clone(), record.model.clone()))
+                .entry((change.date.clone(), change.model.clone()))
                 .or_insert_with(|| DailyUsage {
-                    date: record.date.clone(),
-                    model: record.model.clone(),
+                    date: change.date.clone(),
+                    model: change.model.clone(),
                     ..DailyUsage::default()
                 });
-            day.message_count += 1;
-            day.input_tokens += record.input_tokens;
-            day.output_tokens += record.output_tokens;
-            day.total_tokens += used;
-            day.estimated_cost += record.cost;
+            day.message_count = day.message_count.saturating_add(change.messages);
+            day.input_tokens = day.input_tokens.saturating_add(change.input_tokens);
+            day.output_tokens = day.output_tokens.saturating_add(change.output_tokens);
+            day.total_tokens = day.total_tokens.saturating_add(change.total_tokens);
+            day.estimated_cost = day.estimated_cost.saturating_add(change.cost);
         }
         inner
             .requests
@@ -249,6 +271,7 @@ impl MeterStore for MemoryStore {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
         Ok(self
             .lock()
@@ -267,6 +290,7 @@ impl MeterStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError> {
         Ok(self
             .lock()
@@ -378,24 +402,7 @@ impl JobStore for MemoryStore {
         result: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let Some((record, items)) = inner.jobs.get_mut(job) else {
-            return Err(StoreError::NotFound("job"));
-        };
-        let Some(entry) = items.get_mut(item) else {
-            return Err(StoreError::NotFound("job item"));
-        };
-        if entry.status.is_final() || entry.claim.as_ref().is_none_or(|(a, _)| a != attempt) {
-            return Ok(false);
-        }
-        entry.status = status;
-        entry.result = result.map(str::to_owned);
-        entry.error = error.map(str::to_owned);
-        entry.claim = None;
-        match status {
-            ItemStatus::Succeeded => record.succeeded += 1,
-            _ => record.failed += 1,
-        }
-        Ok(true)
+        self.lock()
+            .finish(job, item, attempt, status, result, error)
     }
 }

@@ -3,7 +3,6 @@
 //! The business layer makes ids and timestamps; a store writes what it is given.
 
 pub mod dynamo;
-mod dynamo_jobs;
 pub mod memory;
 
 use std::sync::Arc;
@@ -243,17 +242,46 @@ pub struct RequestRecord {
     pub expires_at: i64,
 }
 
-/// Closing a request: its hold released, its real usage counted, its record written, its day's
-/// aggregate updated; at most once per request, however often it is retried.
+/// Closing a request, as explicit changes: its hold released, the month's counters moved, its
+/// record written, its day's aggregate updated, all in one atomic write; at most once per request,
+/// however often it is retried. `usage::changes` decides what the changes are; a store applies
+/// them and decides nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
     pub month: String,
-    pub hold_tokens: u64,
+    pub change: MonthChange,
+    /// Added to the day's aggregate of the request's model, when the request counts there.
+    pub daily: Option<DailyChange>,
     pub record: RequestRecord,
     /// A job item this request answered: finished in the same atomic write as the settlement,
     /// so an item is charged exactly when its answer is stored. If the attempt no longer holds
     /// the item, nothing is written and settling fails with `Conflict("job item")`.
     pub job_item: Option<JobItemFinish>,
+}
+
+/// What a settlement adds to the month's counter. The request's hold is removed if it is still
+/// there; `committed` then moves by `committed_releasing_hold`, else (an abandonment released it
+/// first) by `committed_without_hold`. No counter goes below zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MonthChange {
+    /// −1 gives the request's message back.
+    pub messages: i64,
+    pub tokens: u64,
+    pub committed_releasing_hold: i64,
+    pub committed_without_hold: i64,
+}
+
+/// What a settlement adds to one day's aggregate of one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DailyChange {
+    pub date: String,
+    pub model: String,
+    pub messages: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// Nano-dollars.
+    pub cost: u64,
 }
 
 /// Finishing a job item as part of a settlement.
@@ -286,10 +314,12 @@ pub trait MeterStore: Send + Sync {
     /// Settles a request. Settling the same request twice changes nothing the second time.
     async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError>;
     /// The org's counter for a month (zero if none).
+    #[cfg(any(test, feature = "test-support"))]
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError>;
     /// The org's daily aggregates for a month, by day and model.
     async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError>;
     /// The org's request records for a month, oldest first.
+    #[cfg(any(test, feature = "test-support"))]
     async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError>;
 }
 

@@ -1,21 +1,20 @@
-//! Jobs in the DynamoDB table:
-//!
-//! | item | pk | sk |
-//! |---|---|---|
-//! | job | `JOB#<job id>` | `JOB` |
-//! | job item | `JOB#<job id>` | `ITEM#<item id>` |
-//! | an org's job | `ORG_JOBS#<org id>` | `<job id>` (UUIDv7: newest sorts last) |
+//! Jobs and their items: a job, its listing under its org and all its items are written in one
+//! transaction; an item is claimed by one attempt at a time and finished on condition it still
+//! holds the claim.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 
-use super::dynamo::{
-    build_error, cancellation_codes, get_s, get_u64, key, n, s, unavailable, DynamoStore, Item,
+use super::item::{get_i64, get_s, get_u64, item, key, n, s, Item};
+use super::keys;
+use super::table::{
+    build_error, is_condition_failure, put_new, unavailable, DynamoStore, Transaction,
+    TransactionFailure,
 };
-use super::{ItemStatus, JobItem, JobPage, JobRecord, JobStore, StoreError};
 use crate::ids::{JobId, OrgId, UserId};
+use crate::store::{ItemStatus, JobItem, JobPage, JobRecord, JobStore, StoreError};
 
 impl TryFrom<&Item> for JobRecord {
     type Error = StoreError;
@@ -47,103 +46,72 @@ impl TryFrom<&Item> for JobItem {
             error: get_s(item, "error").ok().map(str::to_owned),
             claim: get_s(item, "claim")
                 .ok()
-                .map(|c| Ok::<_, StoreError>((c.to_owned(), get_u64(item, "claim_until")? as i64)))
+                .map(|c| Ok::<_, StoreError>((c.to_owned(), get_i64(item, "claim_until")?)))
                 .transpose()?,
         })
     }
 }
 
-fn put(store: &DynamoStore, item: Item) -> Result<TransactWriteItem, StoreError> {
-    Ok(TransactWriteItem::builder()
-        .put(
-            Put::builder()
-                .table_name(store.table())
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(build_error)?,
-        )
-        .build())
-}
-
 #[async_trait]
 impl JobStore for DynamoStore {
     async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError> {
-        let mut record = key(format!("JOB#{}", job.id), "JOB");
-        record.extend([
-            ("job_id".to_owned(), s(job.id.as_str())),
-            ("organization_id".to_owned(), s(job.org.as_str())),
-            ("user_id".to_owned(), s(job.user.as_str())),
-            ("model".to_owned(), s(job.model.as_str())),
-            ("options".to_owned(), s(job.options.as_str())),
-            ("total".to_owned(), n(job.total)),
-            ("succeeded".to_owned(), n(job.succeeded)),
-            ("failed".to_owned(), n(job.failed)),
-            ("created_at".to_owned(), s(job.created_at.as_str())),
-        ]);
-        let mut listing = key(format!("ORG_JOBS#{}", job.org), job.id.as_str());
-        listing.insert("job_id".to_owned(), s(job.id.as_str()));
+        let record = item(
+            keys::job(&job.id),
+            [
+                ("job_id", s(job.id.as_str())),
+                ("organization_id", s(job.org.as_str())),
+                ("user_id", s(job.user.as_str())),
+                ("model", s(job.model.as_str())),
+                ("options", s(job.options.as_str())),
+                ("total", n(job.total)),
+                ("succeeded", n(job.succeeded)),
+                ("failed", n(job.failed)),
+                ("created_at", s(job.created_at.as_str())),
+            ],
+        );
+        let listing = item(
+            keys::org_job(&job.org, &job.id),
+            [("job_id", s(job.id.as_str()))],
+        );
         // One transaction: a job is never visible without all its items.
-        let mut request = self
-            .client()
-            .transact_write_items()
-            .transact_items(put(self, record)?)
-            .transact_items(put(self, listing)?);
-        for item in items {
-            let mut row = key(format!("JOB#{}", job.id), format!("ITEM#{}", item.id));
-            row.extend([
-                ("item_id".to_owned(), s(item.id.as_str())),
-                ("messages".to_owned(), s(item.messages.as_str())),
-                ("status".to_owned(), s(item.status.as_str())),
-            ]);
-            request = request.transact_items(put(self, row)?);
+        let mut transaction = Transaction::new();
+        transaction.push((), put_new(self, record)?);
+        transaction.push((), put_new(self, listing)?);
+        for entry in items {
+            let row = item(
+                keys::job_item(&job.id, &entry.id),
+                [
+                    ("item_id", s(entry.id.as_str())),
+                    ("messages", s(entry.messages.as_str())),
+                    ("status", s(entry.status.as_str())),
+                ],
+            );
+            transaction.push((), put_new(self, row)?);
         }
-        request.send().await.map(|_| ()).map_err(|err| {
-            if cancellation_codes(&err)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.as_deref() == Some("ConditionalCheckFailed"))
-            {
-                StoreError::Conflict("job")
-            } else {
-                unavailable(err)
+        match transaction.send(self).await {
+            Ok(()) => Ok(()),
+            Err(TransactionFailure::Refused(_)) => Err(StoreError::Conflict("job")),
+            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                Err(err)
             }
-        })
+        }
     }
 
     async fn job(&self, id: &JobId) -> Result<Option<(JobRecord, Vec<JobItem>)>, StoreError> {
         let mut record = None;
         let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client()
-                .query()
-                .table_name(self.table())
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(format!("JOB#{id}")))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(unavailable)?;
-            for item in out.items.unwrap_or_default() {
-                if get_s(&item, "sk")? == "JOB" {
-                    record = Some(JobRecord::try_from(&item)?);
-                } else {
-                    items.push(JobItem::try_from(&item)?);
-                }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+        for item in self.query_all(keys::job_partition(id)).await? {
+            if get_s(&item, "sk")? == keys::JOB_SK {
+                record = Some(JobRecord::try_from(&item)?);
+            } else {
+                items.push(JobItem::try_from(&item)?);
             }
         }
         Ok(record.map(|r| (r, items)))
     }
 
     async fn item(&self, job: &JobId, item: &str) -> Result<Option<JobItem>, StoreError> {
-        self.get(key(format!("JOB#{job}"), format!("ITEM#{item}")))
+        self.get(keys::job_item(job, item))
             .await?
             .as_ref()
             .map(JobItem::try_from)
@@ -161,11 +129,11 @@ impl JobStore for DynamoStore {
             .query()
             .table_name(self.table())
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(format!("ORG_JOBS#{org}")))
+            .expression_attribute_values(":pk", s(keys::jobs_of(org)))
             .scan_index_forward(false)
             .limit(i32::try_from(limit).unwrap_or(100));
         if let Some(after) = after {
-            query = query.exclusive_start_key("pk", s(format!("ORG_JOBS#{org}")));
+            query = query.exclusive_start_key("pk", s(keys::jobs_of(org)));
             query = query.exclusive_start_key("sk", s(after));
         }
         let out = query.send().await.map_err(unavailable)?;
@@ -179,12 +147,12 @@ impl JobStore for DynamoStore {
             .last_evaluated_key
             .and_then(|k| k.get("sk").cloned())
             .and_then(|v| v.as_s().ok().cloned());
-        let keys = ids
+        let wanted = ids
             .iter()
-            .map(|id| key(format!("JOB#{id}"), "JOB"))
+            .map(|id| keys::job(&JobId::from(id.as_str())))
             .collect();
         let mut found: HashMap<String, JobRecord> = HashMap::new();
-        for item in self.batch_get(keys).await? {
+        for item in self.batch_get(wanted).await? {
             let job = JobRecord::try_from(&item)?;
             found.insert(job.id.to_string(), job);
         }
@@ -205,7 +173,7 @@ impl JobStore for DynamoStore {
             .client()
             .update_item()
             .table_name(self.table())
-            .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
+            .set_key(Some(key(keys::job_item(job, item))))
             .update_expression("SET #status = :running, claim = :attempt, claim_until = :until")
             .condition_expression(
                 "attribute_exists(pk) AND #status IN (:queued, :running) \
@@ -221,13 +189,7 @@ impl JobStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if err.as_service_error().is_some_and(is_condition_failure) => Ok(false),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -237,7 +199,7 @@ impl JobStore for DynamoStore {
             .client()
             .update_item()
             .table_name(self.table())
-            .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
+            .set_key(Some(key(keys::job_item(job, item))))
             .update_expression("SET #status = :queued REMOVE claim, claim_until")
             .condition_expression("claim = :attempt AND #status = :running")
             .expression_attribute_names("#status", "status")
@@ -248,13 +210,7 @@ impl JobStore for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(err) if err.as_service_error().is_some_and(is_condition_failure) => Ok(()),
             Err(err) => Err(unavailable(err)),
         }
     }
@@ -268,24 +224,16 @@ impl JobStore for DynamoStore {
         result: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let [update, count] = finish_writes(self, job, item, attempt, status, result, error)?;
+        let mut transaction = Transaction::new();
         // The item's outcome and the job's count change together, or not at all.
-        let sent = self
-            .client()
-            .transact_write_items()
-            .transact_items(update)
-            .transact_items(count)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(err) => {
-                let codes = cancellation_codes(&err).unwrap_or_default();
-                if codes.first().and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
-                    Ok(false)
-                } else {
-                    Err(unavailable(err))
-                }
+        for write in finish_writes(self, job, item, attempt, status, result, error)? {
+            transaction.push((), write);
+        }
+        match transaction.send(self).await {
+            Ok(()) => Ok(true),
+            Err(TransactionFailure::Refused(_)) => Ok(false),
+            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                Err(err)
             }
         }
     }
@@ -305,7 +253,7 @@ pub(super) fn finish_writes(
     let mut sets = vec!["#status = :status"];
     let mut update = Update::builder()
         .table_name(store.table())
-        .set_key(Some(key(format!("JOB#{job}"), format!("ITEM#{item}"))))
+        .set_key(Some(key(keys::job_item(job, item))))
         .condition_expression("claim = :attempt AND #status = :running")
         .expression_attribute_names("#status", "status")
         .expression_attribute_values(":status", s(status.as_str()))
@@ -334,7 +282,7 @@ pub(super) fn finish_writes(
     };
     let count = Update::builder()
         .table_name(store.table())
-        .set_key(Some(key(format!("JOB#{job}"), "JOB")))
+        .set_key(Some(key(keys::job(job))))
         .update_expression("ADD #count :one")
         .expression_attribute_names("#count", counter)
         .expression_attribute_values(":one", n(1))

@@ -1,0 +1,538 @@
+//! One metered call, the path of every chat the gateway answers (`/chat`, `/chat/stream`, a job
+//! item): admit it (membership, plan, rate, month, hold), call the provider, settle it once.
+//!
+//! [`admit`] hands back an [`Admitted`] call: its `max_tokens` already clamped to what the month
+//! has left, its rate-limit status, and the duty to settle. Every way out settles it exactly once:
+//! an answer charges its usage, a provider failure gives the message back, and a call dropped
+//! unsettled (its client went away, its future was cancelled) settles from its `Drop`: charged the
+//! input it sent if the provider was called, given back if not. A hold is never left to lapse.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use crate::access;
+use crate::catalog::Plan;
+use crate::chat::{self, ChatInput, PreparedChat};
+use crate::error::{GatewayError, PlanError};
+use crate::ids::{OrgId, UserId};
+use crate::limits::{self, RateStatus, Ticket, Verdict};
+use crate::money::NanoUsd;
+use crate::providers::{ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
+use crate::state::AppState;
+use crate::store::{AccessCheck, JobItemFinish, Membership, StoreError};
+use crate::usage::{self, Ending, Times};
+
+/// Admits a chat of `user` in `org`. `input` is the request as parsed, or why it could not be:
+/// membership is checked before the body, so a caller who may not use the org hears that first.
+///
+/// When this process read the membership recently it is not read first: admission confirms it
+/// while it takes the rate slot, one round trip instead of two. If it changed, or if the
+/// remembered plan would refuse the request, everything is done again on a fresh read.
+pub async fn admit(
+    state: &AppState,
+    user: &UserId,
+    org: OrgId,
+    input: Result<ChatInput, GatewayError>,
+) -> Result<Admitted, GatewayError> {
+    let remembered = state.access.recall(&org, user);
+    let input = match input {
+        Ok(input) => input,
+        Err(err) => {
+            // The membership first: on a remembered one, read it again.
+            state.access.forget(&org, user);
+            access::read(state.stores.orgs.as_ref(), &state.access, org, user).await?;
+            return Err(err);
+        }
+    };
+    let input = match remembered {
+        Some(membership) => match admit_remembered(state, user, membership, input).await? {
+            Ok(admitted) => return Ok(admitted),
+            Err(input) => {
+                state.access.forget(&org, user);
+                input
+            }
+        },
+        None => input,
+    };
+    let membership = access::read(state.stores.orgs.as_ref(), &state.access, org, user).await?;
+    let plan = plan_of(state, &membership)?;
+    let chat = chat::prepare(&state.catalog, plan, input)?;
+    match admit_prepared(state, user, &membership, plan, chat, false).await? {
+        Ok(admitted) => Ok(admitted),
+        Err(_) => Err(GatewayError::Internal(
+            "admission without an access check reported changed access".into(),
+        )),
+    }
+}
+
+/// Admission on a remembered membership, confirmed as the rate slot is taken. Gives the input
+/// back if the membership no longer holds or its plan would refuse the request: refusals are
+/// given on fresh reads only.
+async fn admit_remembered(
+    state: &AppState,
+    user: &UserId,
+    membership: Membership,
+    input: ChatInput,
+) -> Result<Result<Admitted, ChatInput>, GatewayError> {
+    let Ok(plan) = plan_of(state, &membership) else {
+        return Ok(Err(input));
+    };
+    let Ok((model, max_tokens)) = chat::check(&state.catalog, plan, &input) else {
+        return Ok(Err(input));
+    };
+    let chat = chat::build(model, max_tokens, input);
+    Ok(admit_prepared(state, user, &membership, plan, chat, true)
+        .await?
+        .map_err(PreparedChat::into_input))
+}
+
+/// Takes the counters for a prepared request; gives it back if `confirm` found the remembered
+/// access changed (nothing taken).
+async fn admit_prepared(
+    state: &AppState,
+    user: &UserId,
+    membership: &Membership,
+    plan: &Plan,
+    mut chat: PreparedChat,
+    confirm: bool,
+) -> Result<Result<Admitted, PreparedChat>, GatewayError> {
+    let org = &membership.org.id;
+    let check = confirm.then(|| AccessCheck {
+        user: user.clone(),
+        plan: membership.org.plan.clone(),
+    });
+    let now = (state.clock.now(), state.request_retention);
+    let ticket =
+        match limits::admit(state.stores.meter.as_ref(), now, org, plan, &chat, check).await? {
+            Verdict::AccessChanged => return Ok(Err(chat)),
+            Verdict::Admitted(ticket) => ticket,
+        };
+    chat.request.max_tokens = ticket.max_tokens;
+    Ok(Ok(Admitted {
+        call: Some(Call {
+            state: state.clone(),
+            user: user.clone(),
+            org: org.clone(),
+            chat,
+            ticket,
+            admitted_at: Instant::now(),
+            provider_called: false,
+        }),
+    }))
+}
+
+/// The plan of a membership's org, as the catalog defines it.
+pub fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {
+    state
+        .catalog
+        .plan(&membership.org.plan)
+        .ok_or_else(|| PlanError::UnknownPlan(membership.org.plan.to_string()).into())
+}
+
+/// An admitted call, until it is settled.
+struct Call {
+    state: AppState,
+    user: UserId,
+    org: OrgId,
+    chat: PreparedChat,
+    ticket: Ticket,
+    admitted_at: Instant,
+    /// Whether the provider was asked: from then on it may have done work worth charging.
+    provider_called: bool,
+}
+
+impl Call {
+    fn settlement(&self, ending: Ending) -> crate::store::Settlement {
+        let times = Times {
+            now: self.state.clock.now(),
+            took: self.admitted_at.elapsed(),
+            retention: self.state.request_retention,
+        };
+        usage::settlement(
+            &self.ticket,
+            (&self.org, &self.user),
+            &self.chat.model,
+            ending,
+            times,
+        )
+    }
+
+    /// How a call that nobody settled ends: the input the provider was sent is charged (it did
+    /// that work), or, if it was never asked, the message is given back.
+    fn ending_unsettled(&self, why: &str) -> Ending {
+        if self.provider_called {
+            Ending::Answered {
+                usage: self.estimate(None, 0),
+                note: Some(format!("usage estimated: {why}")),
+            }
+        } else {
+            Ending::Failed(why.to_owned())
+        }
+    }
+
+    fn estimate(&self, reported: Option<Usage>, text_bytes: usize) -> Usage {
+        usage::estimated(
+            limits::input_upper_bound(&self.chat.request),
+            self.ticket.max_tokens,
+            reported,
+            text_bytes,
+        )
+    }
+}
+
+/// A call let in by [`admit`]; settles exactly once, however it ends (see the module's docs).
+pub struct Admitted {
+    /// `None` once settled.
+    call: Option<Call>,
+}
+
+impl Admitted {
+    fn call(&self) -> &Call {
+        self.call
+            .as_ref()
+            .expect("an Admitted is consumed by settling, so it is never seen settled")
+    }
+
+    /// The request as admitted: its model, and `max_tokens` as clamped by admission.
+    pub fn chat(&self) -> &PreparedChat {
+        &self.call().chat
+    }
+
+    /// The rate-limit window as admission left it, for `X-RateLimit-*`.
+    pub fn rate(&self) -> RateStatus {
+        self.call().ticket.rate
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.call().ticket.request_id
+    }
+
+    /// The price of `usage` on the admitted model.
+    pub fn cost(&self, usage: Usage) -> NanoUsd {
+        self.chat()
+            .model
+            .cost(usage.input_tokens, usage.output_tokens)
+    }
+
+    /// Calls the provider for the whole answer, then settles: the usage it reports (never more
+    /// than the hold) on success, the message given back on failure.
+    pub async fn complete(mut self) -> Result<ChatResponse, ProviderError> {
+        match self.ask().await {
+            Ok(response) => {
+                self.settle(Ending::Answered {
+                    usage: response.usage,
+                    note: None,
+                })
+                .await;
+                Ok(response)
+            }
+            Err(err) => {
+                self.settle(Ending::Failed(err.to_string())).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Calls the provider for the whole answer without settling; its usage is bounded by the hold.
+    async fn ask(&mut self) -> Result<ChatResponse, ProviderError> {
+        let call = self
+            .call
+            .as_mut()
+            .expect("an Admitted is consumed by settling, so it is never seen settled");
+        call.provider_called = true;
+        let (chat, state) = (&call.chat, &call.state);
+        let started = Instant::now();
+        let response = state
+            .providers
+            .get(chat.model.provider)
+            .complete(&chat.request)
+            .await;
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match response {
+            Ok(mut response) => {
+                response.usage = usage::bounded(response.usage, &call.ticket);
+                tracing::info!(model = %chat.model.id, provider = %chat.model.provider, input_tokens = response.usage.input_tokens, output_tokens = response.usage.output_tokens, duration_ms = took_ms, "chat answered");
+                Ok(response)
+            }
+            Err(err) => {
+                tracing::warn!(model = %chat.model.id, provider = %chat.model.provider, duration_ms = took_ms, error = %err, "provider failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Calls the provider for a job item's answer and, if it answers, stores the answer (made by
+    /// `result_of` from the response and its cost) and charges it in one write, on condition the
+    /// attempt still holds the item.
+    pub async fn complete_item(
+        mut self,
+        item: ItemAttempt,
+        result_of: impl FnOnce(&ChatResponse, NanoUsd) -> String,
+    ) -> ItemAnswer {
+        let response = match self.ask().await {
+            Ok(response) => response,
+            Err(err) => {
+                self.settle(Ending::Failed(err.to_string())).await;
+                return ItemAnswer::ProviderFailed(err);
+            }
+        };
+        let cost = self.cost(response.usage);
+        let Some(call) = self.call.take() else {
+            return ItemAnswer::Stored;
+        };
+        let mut settlement = call.settlement(Ending::Answered {
+            usage: response.usage,
+            note: None,
+        });
+        settlement.job_item = Some(JobItemFinish {
+            job: item.job,
+            item: item.item,
+            attempt: item.attempt,
+            result: result_of(&response, cost),
+        });
+        let meter = call.state.stores.meter.clone();
+        match meter.settle(&settlement).await {
+            Ok(()) => ItemAnswer::Stored,
+            Err(err) => {
+                // Nothing was written (or an earlier send of this same write was, and this
+                // request is settled already): the answer is dropped, so the request gives its
+                // message and hold back, as a provider failure would.
+                let why = match &err {
+                    StoreError::Conflict(_) => "another attempt answered the item first".to_owned(),
+                    other => format!("the answer could not be stored: {other}"),
+                };
+                usage::apply(meter.as_ref(), &call.settlement(Ending::Failed(why))).await;
+                match err {
+                    StoreError::Conflict(_) => ItemAnswer::Overtaken,
+                    other => ItemAnswer::StoreFailed(other),
+                }
+            }
+        }
+    }
+
+    /// Opens the provider's stream and waits for its first event, so that a provider refusing
+    /// before any output (an HTTP error, or an error as its first event) is settled as a failure
+    /// and answered as a plain error. Waits no longer than `deadline`.
+    pub async fn open_stream(
+        mut self,
+        deadline: Instant,
+    ) -> Result<MeteredStream, (ProviderError, RateStatus)> {
+        let rate = self.rate();
+        let call = self
+            .call
+            .as_mut()
+            .expect("an Admitted is consumed by settling, so it is never seen settled");
+        call.provider_called = true;
+        let provider = call.state.providers.get(call.chat.model.provider);
+        let opened = provider.stream(&call.chat.request).await;
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(err) => {
+                self.settle(Ending::Failed(err.to_string())).await;
+                return Err((err, rate));
+            }
+        };
+        let first = tokio::select! {
+            first = events.next() => first,
+            () = tokio::time::sleep_until(deadline.into()) => None,
+        };
+        let first = match first {
+            Some(Err(err)) => {
+                self.settle(Ending::Failed(err.to_string())).await;
+                return Err((err, rate));
+            }
+            first => first,
+        };
+        let events: ChatStream = match first {
+            Some(event) => Box::pin(futures::stream::iter([event]).chain(events)),
+            None => events,
+        };
+        Ok(MeteredStream::new(self, events))
+    }
+
+    /// Settles the call as `ending`, once.
+    async fn settle(&mut self, ending: Ending) {
+        if let Some(call) = self.call.take() {
+            let settlement = call.settlement(ending);
+            usage::apply(call.state.stores.meter.as_ref(), &settlement).await;
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let settlement = call.settlement(call.ending_unsettled("the client disconnected"));
+        tracing::info!(request_id = %call.ticket.request_id, provider_called = call.provider_called, "call dropped before it settled; settling it now");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let meter = call.state.stores.meter.clone();
+                runtime.spawn(async move { usage::apply(meter.as_ref(), &settlement).await });
+            }
+            Err(_) => {
+                tracing::error!(event = "usage_unrecorded", request_id = %call.ticket.request_id, "no runtime to settle a dropped call on")
+            }
+        }
+    }
+}
+
+/// The job item an attempt answers.
+#[derive(Debug, Clone)]
+pub struct ItemAttempt {
+    pub job: crate::ids::JobId,
+    pub item: String,
+    pub attempt: String,
+}
+
+/// How answering a job item ended.
+#[derive(Debug)]
+pub enum ItemAnswer {
+    /// Answered, stored and charged.
+    Stored,
+    /// Another attempt stored its answer first: this one was dropped, its message given back.
+    Overtaken,
+    /// The provider failed: the message was given back.
+    ProviderFailed(ProviderError),
+    /// The answer could not be stored: it was dropped, its message given back.
+    StoreFailed(StoreError),
+}
+
+/// Why a stream stopped being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The provider's stream ended (finished, or failed: see [`MeteredStream::finish`]).
+    Drained,
+    /// The client went away.
+    ClientGone,
+    /// The stream reached its deadline and was cut.
+    OutOfTime,
+}
+
+/// What a settled stream tells its client last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub usage: Usage,
+    pub cost: NanoUsd,
+    /// True when the provider never reported the usage and it was estimated.
+    pub estimated: bool,
+    pub finish_reason: Option<FinishReason>,
+    /// Why the answer was cut short, for the client, if it was.
+    pub interrupted: Option<String>,
+}
+
+/// A streamed answer being read: the text it passed on, the usage and finish the provider
+/// reported, and the admitted call it settles when [`MeteredStream::finish`] is called (or, if
+/// it is dropped first, as a dropped call).
+pub struct MeteredStream {
+    admitted: Admitted,
+    events: ChatStream,
+    text_bytes: usize,
+    reported: Option<Usage>,
+    finish: Option<FinishReason>,
+    failure: Option<ProviderError>,
+}
+
+impl MeteredStream {
+    pub(crate) fn new(admitted: Admitted, events: ChatStream) -> MeteredStream {
+        MeteredStream {
+            admitted,
+            events,
+            text_bytes: 0,
+            reported: None,
+            finish: None,
+            failure: None,
+        }
+    }
+
+    pub fn rate(&self) -> RateStatus {
+        self.admitted.rate()
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.admitted.request_id()
+    }
+
+    /// The next piece of text; `None` once the provider's stream ended or failed. Safe to cancel:
+    /// every event is recorded as it arrives.
+    pub async fn next_text(&mut self) -> Option<String> {
+        if self.failure.is_some() {
+            return None;
+        }
+        loop {
+            match self.events.next().await? {
+                Ok(StreamEvent::Delta(text)) => {
+                    self.text_bytes = self.text_bytes.saturating_add(text.len());
+                    return Some(text);
+                }
+                Ok(StreamEvent::Usage(usage)) => self.reported = Some(usage),
+                Ok(StreamEvent::Finish(reason)) => self.finish = Some(reason),
+                Err(err) => {
+                    self.failure = Some(err);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stops reading (dropping the upstream request, so nothing more is generated) and settles
+    /// what was consumed: the provider's usage for a complete answer; an estimate for one cut
+    /// short; nothing, with the message given back, when the provider failed before any output.
+    pub async fn finish(self, end: StreamEnd) -> StreamSummary {
+        let MeteredStream {
+            mut admitted,
+            events,
+            text_bytes,
+            reported,
+            finish,
+            failure,
+        } = self;
+        drop(events);
+        let complete = finish.is_some() && failure.is_none() && end == StreamEnd::Drained;
+        let provider_failed_first = text_bytes == 0 && !complete && end == StreamEnd::Drained;
+        let why = match (&failure, end) {
+            (Some(err), _) => err.to_string(),
+            (None, StreamEnd::ClientGone) => "the client disconnected".to_owned(),
+            (None, StreamEnd::OutOfTime) => "the stream reached its time limit".to_owned(),
+            (None, StreamEnd::Drained) => "the provider reported no usage".to_owned(),
+        };
+        let (ending, estimated) = match reported {
+            // The provider failed before any output: like a refusal, nothing is used. (A client
+            // that leaves first, or a stream cut at its deadline, is charged what the provider was
+            // sent: the provider did that work.)
+            _ if provider_failed_first => (Ending::Failed(why), false),
+            Some(usage) if complete => (Ending::Answered { usage, note: None }, false),
+            _ => {
+                let usage = admitted.call().estimate(reported, text_bytes);
+                let note = Some(format!("usage estimated: {why}"));
+                (Ending::Answered { usage, note }, true)
+            }
+        };
+        let usage = match &ending {
+            Ending::Answered { usage, .. } => usage::bounded(*usage, &admitted.call().ticket),
+            Ending::Failed(_) => Usage::default(),
+        };
+        if end == StreamEnd::ClientGone {
+            tracing::info!(request_id = %admitted.request_id(), "client went away; upstream cancelled");
+        }
+        let cost = admitted.cost(usage);
+        admitted.settle(ending).await;
+        let interrupted = match (failure, end) {
+            (Some(err), _) => Some(err.to_string()),
+            (None, StreamEnd::OutOfTime) => Some(
+                "The answer was cut: the stream reached its time limit. Ask for fewer tokens or use a job."
+                    .to_owned(),
+            ),
+            (None, _) => None,
+        };
+        StreamSummary {
+            usage,
+            cost,
+            estimated,
+            finish_reason: finish,
+            interrupted,
+        }
+    }
+}

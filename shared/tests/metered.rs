@@ -1,0 +1,233 @@
+//! The metered path on every store: a call whose future is dropped mid-flight still settles (its
+//! hold released, its input charged), and usage an upstream over-reports is bounded by the hold,
+//! so no counter can be corrupted by what a provider claims.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Json, Router};
+use gateway::chat::{self, ChatBody};
+use gateway::config::Settings;
+use gateway::ids::{OrgId, PlanId, UserId};
+use gateway::metered;
+use gateway::store::memory::MemoryStore;
+use gateway::store::{MonthCounter, Outcome, RequestRecord, Store, Stores};
+use gateway::AppState;
+use serde_json::json;
+
+const SECRET: &str = "metered-secret-metered-secret-metered";
+
+/// A server on loopback; its base URL.
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+async fn simulator() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator::SimulatorConfig::default(),
+    ));
+    url
+}
+
+/// An OpenAI upstream that answers every chat claiming the largest usage a u64 can hold.
+async fn lying_upstream() -> String {
+    let answer = || async {
+        Json(json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX, "total_tokens": u64::MAX}
+        }))
+    };
+    serve(Router::new().route("/v1/chat/completions", post(answer))).await
+}
+
+/// The gateway's state over `store`, its providers at `upstream`, and an org on the pro plan
+/// whose owner is the returned user.
+async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppState, OrgId, UserId) {
+    let settings = Settings::local(SECRET, upstream, Some("sk-test"));
+    let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
+    let owner = UserId::generate();
+    let org = common::org(
+        &format!("m-{}", &OrgId::generate().as_str()[..8]),
+        &owner,
+        "2026-11-01T00:00:00Z",
+    );
+    store
+        .create_org(&org, "2026-11-01T00:00:00Z")
+        .await
+        .expect("org");
+    store
+        .set_plan(&org.id, &PlanId::from("pro"))
+        .await
+        .expect("plan");
+    (state, org.id, owner)
+}
+
+fn input(
+    model: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> Result<chat::ChatInput, gateway::GatewayError> {
+    let body: ChatBody = serde_json::from_value(json!({
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}]
+    }))
+    .expect("body");
+    chat::validate(body)
+}
+
+/// The month's counter once its holds are all released; fails the test after five seconds.
+async fn once_released(store: &Arc<dyn Store>, org: &OrgId, month: &str) -> MonthCounter {
+    for _ in 0..100 {
+        let counter = store.month_counter(org, month).await.expect("counter");
+        if counter.holds.is_empty() {
+            return counter;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the hold was not released");
+}
+
+async fn only_record(store: &Arc<dyn Store>, org: &OrgId, month: &str) -> RequestRecord {
+    let records = store.requests(org, month).await.expect("records");
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.into_iter().next().expect("one record")
+}
+
+async fn a_dropped_call_settles_and_releases_its_hold<S: Store + 'static>(store: Arc<S>) {
+    // GIVEN an admitted call to a provider that takes five seconds to answer
+    let (state, org, user) = gateway(&store, &simulator().await).await;
+    let store: Arc<dyn Store> = store;
+    let month = gateway::clock::month_of(state.clock.now());
+    let admitted = metered::admit(
+        &state,
+        &user,
+        org.clone(),
+        input("gemini-1.5-flash", "[sim:latency_ms=5000] tell me", 500),
+    )
+    .await
+    .expect("admitted");
+    let hold = store.month_counter(&org, &month).await.expect("counter");
+    assert_eq!(hold.holds.len(), 1);
+
+    // WHEN its future is dropped while the provider works (a client that closed the connection)
+    let cut = tokio::time::timeout(Duration::from_millis(300), admitted.complete()).await;
+    assert!(cut.is_err(), "the provider was still working");
+
+    // THEN the hold is released at once, the message counts and the input sent is charged
+    let counter = once_released(&store, &org, &month).await;
+    assert_eq!(counter.messages, 1);
+    assert_eq!(counter.committed, counter.tokens);
+    let record = only_record(&store, &org, &month).await;
+    assert_eq!(record.outcome, Outcome::Success);
+    assert_eq!(
+        record.error_message.as_deref(),
+        Some("usage estimated: the client disconnected")
+    );
+    assert!(record.input_tokens > 0, "{record:?}");
+    assert_eq!(record.output_tokens, 0);
+    assert_eq!(counter.tokens, record.input_tokens);
+    // AND the next request of the org is not clamped by a dead hold: it may use all it asks for
+    let next = metered::admit(
+        &state,
+        &user,
+        org.clone(),
+        input("gemini-1.5-flash", "hi", 4_096),
+    )
+    .await
+    .expect("admitted");
+    assert_eq!(next.chat().request.max_tokens, 4_096);
+    next.complete().await.expect("answered");
+}
+
+async fn over_reported_usage_is_bounded_by_the_hold<S: Store + 'static>(store: Arc<S>) {
+    // GIVEN an upstream that claims u64::MAX input and output tokens for every answer
+    let (state, org, user) = gateway(&store, &lying_upstream().await).await;
+    let store: Arc<dyn Store> = store;
+    let month = gateway::clock::month_of(state.clock.now());
+    let admitted = metered::admit(&state, &user, org.clone(), input("gpt-4o-mini", "hi", 100))
+        .await
+        .expect("admitted");
+    let held = store
+        .month_counter(&org, &month)
+        .await
+        .expect("counter")
+        .committed;
+
+    // WHEN it answers
+    let answer = admitted.complete().await.expect("answered");
+
+    // THEN the usage counted is what the request held, never more: the output its max_tokens,
+    // the input the rest of its hold
+    assert_eq!(answer.usage.output_tokens, 100);
+    assert_eq!(answer.usage.total(), held);
+    let counter = once_released(&store, &org, &month).await;
+    assert_eq!(counter.tokens, held);
+    assert_eq!(counter.committed, held);
+    assert_eq!(counter.messages, 1);
+    let record = only_record(&store, &org, &month).await;
+    assert_eq!(
+        (record.input_tokens, record.output_tokens),
+        (held - 100, 100)
+    );
+    // AND the cost is that usage's price, the day's aggregate the same usage
+    assert_eq!(record.cost, (held - 100) * 150 + 100 * 600);
+    let days = store.daily_usage(&org, &month).await.expect("days");
+    assert_eq!(days.len(), 1);
+    assert_eq!(
+        (days[0].total_tokens, days[0].estimated_cost),
+        (held, record.cost)
+    );
+    // AND the org can go on: a second answer counts the same again, nothing wrapped
+    let again = metered::admit(&state, &user, org.clone(), input("gpt-4o-mini", "hi", 100))
+        .await
+        .expect("admitted");
+    again.complete().await.expect("answered");
+    let counter = once_released(&store, &org, &month).await;
+    assert_eq!(counter.tokens, 2 * held);
+}
+
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(std::sync::Arc::new(super::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(store) = super::common::dynamo_store().await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    a_dropped_call_settles_and_releases_its_hold,
+    over_reported_usage_is_bounded_by_the_hold,
+);
