@@ -19,7 +19,7 @@ use crate::money::NanoUsd;
 use crate::providers::ChatResponse;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
-use crate::store::{ItemStatus, JobItem, JobRecord, Membership, StoreError};
+use crate::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, StoreError};
 
 /// The most chats one batch may hold.
 pub const MAX_ITEMS: usize = 50;
@@ -326,15 +326,8 @@ async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
         .await;
     let finished = match claimed {
         Ok(true) => {
-            jobs.finish_item(
-                &message.job_id,
-                &message.item_id,
-                &attempt,
-                ItemStatus::Failed,
-                None,
-                Some(reason),
-            )
-            .await
+            let failed = JobItemFinish::failed(&message.job_id, &message.item_id, &attempt, reason);
+            jobs.finish_item(&failed).await
         }
         other => other,
     };
@@ -371,15 +364,8 @@ impl Claimed<'_> {
     /// Finishes the item as failed, for `reason`: the attempt is done with it.
     async fn fail(&self, reason: String) -> Result<Step, GatewayError> {
         let jobs = self.state.stores.jobs.as_ref();
-        jobs.finish_item(
-            &self.job.id,
-            &self.item,
-            &self.attempt,
-            ItemStatus::Failed,
-            None,
-            Some(&reason),
-        )
-        .await?;
+        let failed = JobItemFinish::failed(&self.job.id, &self.item, &self.attempt, &reason);
+        jobs.finish_item(&failed).await?;
         Ok(Step::Settled(Disposition::Done))
     }
 

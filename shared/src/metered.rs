@@ -20,7 +20,7 @@ use crate::limits::{self, RateStatus, Ticket, Verdict};
 use crate::money::NanoUsd;
 use crate::providers::{ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
 use crate::state::AppState;
-use crate::store::{AccessCheck, JobItemFinish, Membership, StoreError};
+use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, StoreError};
 use crate::usage::{self, Ending, Times};
 
 /// Admits a chat of `user` in `org`. `input` is the request as parsed, or why it could not be:
@@ -289,7 +289,9 @@ impl Admitted {
             job: item.job,
             item: item.item,
             attempt: item.attempt,
-            result: result_of(&response, cost),
+            status: ItemStatus::Succeeded,
+            result: Some(result_of(&response, cost)),
+            error: None,
         });
         let meter = call.state.stores.meter.clone();
         match meter.settle(&settlement).await {

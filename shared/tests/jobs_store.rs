@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use gateway::ids::{JobId, OrgId, UserId};
 use gateway::store::memory::MemoryStore;
-use gateway::store::{ItemStatus, JobItem, JobRecord, Store};
+use gateway::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Store};
 
 fn job(org: &OrgId, n: usize) -> (JobRecord, Vec<JobItem>) {
     let items: Vec<JobItem> = (0..n)
@@ -32,6 +32,25 @@ fn job(org: &OrgId, n: usize) -> (JobRecord, Vec<JobItem>) {
         created_at: "2026-11-15T12:00:00Z".to_owned(),
     };
     (record, items)
+}
+
+/// An attempt finishing an item.
+fn finish(
+    job: &JobId,
+    item: &str,
+    attempt: &str,
+    status: ItemStatus,
+    result: Option<&str>,
+    error: Option<&str>,
+) -> JobItemFinish {
+    JobItemFinish {
+        job: job.clone(),
+        item: item.to_owned(),
+        attempt: attempt.to_owned(),
+        status,
+        result: result.map(str::to_owned),
+        error: error.map(str::to_owned),
+    }
 }
 
 async fn stores_and_reads_a_job_whole(store: Arc<dyn Store>) {
@@ -76,36 +95,36 @@ async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) 
     let winner = winners[0].clone();
     // AND only the holder may finish it, once
     assert!(!store
-        .finish_item(
+        .finish_item(&finish(
             &record.id,
             "item-0",
             "intruder",
             ItemStatus::Succeeded,
             Some("{}"),
             None
-        )
+        ))
         .await
         .expect("finish"));
     assert!(store
-        .finish_item(
+        .finish_item(&finish(
             &record.id,
             "item-0",
             &winner,
             ItemStatus::Succeeded,
             Some("{\"message\":\"hi\"}"),
             None
-        )
+        ))
         .await
         .expect("finish"));
     assert!(!store
-        .finish_item(
+        .finish_item(&finish(
             &record.id,
             "item-0",
             &winner,
             ItemStatus::Succeeded,
             Some("{}"),
             None
-        )
+        ))
         .await
         .expect("finish"));
     let (read, items) = store.job(&record.id).await.expect("read").expect("found");
@@ -153,14 +172,14 @@ async fn released_or_expired_claims_free_the_item(store: Arc<dyn Store>) {
         .expect("claim"));
     // The lapsed attempt cannot finish it any more.
     assert!(!store
-        .finish_item(
+        .finish_item(&finish(
             &record.id,
             "item-0",
             "a",
             ItemStatus::Failed,
             None,
             Some("late")
-        )
+        ))
         .await
         .expect("finish"));
 }
@@ -195,7 +214,7 @@ async fn lists_an_orgs_jobs_newest_first_in_pages(store: Arc<dyn Store>) {
 }
 
 async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
-    use gateway::store::{JobItemFinish, Outcome, RequestRecord, Settlement};
+    use gateway::store::{Outcome, RequestRecord, Settlement};
     let org = OrgId::generate();
     let (record, items) = job(&org, 1);
     store.create_job(&record, &items).await.expect("create");
@@ -242,7 +261,9 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
             job: record.id.clone(),
             item: "item-0".to_owned(),
             attempt: attempt.to_owned(),
-            result: format!("{{\"by\":\"{attempt}\"}}"),
+            status: ItemStatus::Succeeded,
+            result: Some(format!("{{\"by\":\"{attempt}\"}}")),
+            error: None,
         }),
     };
     // WHEN both attempts got an answer and settle it

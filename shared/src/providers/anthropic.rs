@@ -266,20 +266,10 @@ impl ChatProvider for Anthropic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Turn;
 
     #[test]
     fn system_prompt_is_top_level_and_temperature_clamped() {
-        let request = ChatRequest {
-            upstream_model: "claude-3-haiku-20240307".into(),
-            system: Some("Be brief.".into()),
-            turns: vec![Turn {
-                speaker: Speaker::User,
-                text: "Hi".into(),
-            }],
-            max_tokens: 100,
-            temperature: Some(1.5),
-        };
+        let request = crate::providers::brief_hi("claude-3-haiku-20240307", Some(1.5));
         let json = serde_json::to_value(request_body(&request)).expect("json");
         assert_eq!(
             json,

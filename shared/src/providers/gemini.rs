@@ -71,6 +71,19 @@ struct Candidate {
     finish_reason: Option<String>,
 }
 
+/// The answer's text: every text part but the model's thoughts.
+fn answer_text(content: Option<CandidateContent>) -> String {
+    content
+        .map(|c| {
+            c.parts
+                .into_iter()
+                .filter(|p| !p.thought)
+                .filter_map(|p| p.text)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Deserialize)]
 struct CandidateContent {
     #[serde(default)]
@@ -131,16 +144,7 @@ impl StreamParser for Parser {
             serde_json::from_value(value).map_err(|e| format!("unreadable chunk: {e}"))?;
         let mut events = Vec::new();
         if let Some(candidate) = body.candidates.into_iter().next() {
-            let text: String = candidate
-                .content
-                .map(|c| {
-                    c.parts
-                        .into_iter()
-                        .filter(|p| !p.thought)
-                        .filter_map(|p| p.text)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let text = answer_text(candidate.content);
             if !text.is_empty() {
                 events.push(StreamEvent::Delta(text));
             }
@@ -207,6 +211,27 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
     }
 }
 
+impl Gemini {
+    /// A request to the model's `method`. The key goes in a header, never in the URL, so it
+    /// cannot end up in a logged URL.
+    fn post(
+        &self,
+        request: &ChatRequest,
+        method: &str,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let up = &self.upstream;
+        let key = up.key()?;
+        Ok(up
+            .http
+            .post(format!(
+                "{}/v1beta/models/{}:{method}",
+                up.base_url, request.upstream_model
+            ))
+            .header("x-goog-api-key", key.expose())
+            .json(&request_body(request)))
+    }
+}
+
 #[async_trait]
 impl ChatProvider for Gemini {
     fn kind(&self) -> ProviderKind {
@@ -215,16 +240,7 @@ impl ChatProvider for Gemini {
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         let up = &self.upstream;
-        let key = up.key()?;
-        // The key goes in a header, never in the URL, so it cannot end up in a logged URL.
-        let http = up
-            .http
-            .post(format!(
-                "{}/v1beta/models/{}:generateContent",
-                up.base_url, request.upstream_model
-            ))
-            .header("x-goog-api-key", key.expose())
-            .json(&request_body(request));
+        let http = self.post(request, "generateContent")?;
         let body: ResponseBody = up.send_json(http, error_message).await?;
         let usage: Usage = body.usage_metadata.map(Usage::from).unwrap_or_default();
         let Some(candidate) = body.candidates.into_iter().next() else {
@@ -244,16 +260,7 @@ impl ChatProvider for Gemini {
                 "the response has no candidates".into(),
             )));
         };
-        let text = candidate
-            .content
-            .map(|c| {
-                c.parts
-                    .into_iter()
-                    .filter(|p| !p.thought)
-                    .filter_map(|p| p.text)
-                    .collect::<String>()
-            })
-            .unwrap_or_default();
+        let text = answer_text(candidate.content);
         Ok(ChatResponse {
             text,
             finish_reason: finish_reason(candidate.finish_reason.as_deref()),
@@ -263,15 +270,7 @@ impl ChatProvider for Gemini {
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
         let up = &self.upstream;
-        let key = up.key()?;
-        let http = up
-            .http
-            .post(format!(
-                "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
-                up.base_url, request.upstream_model
-            ))
-            .header("x-goog-api-key", key.expose())
-            .json(&request_body(request));
+        let http = self.post(request, "streamGenerateContent?alt=sse")?;
         up.open_stream(http, error_message, Parser::default()).await
     }
 }

@@ -359,6 +359,21 @@ impl Upstream {
     }
 }
 
+/// A one-turn request (`Be brief.`, then `Hi`) for the adapters' wire-format tests.
+#[cfg(test)]
+pub(crate) fn brief_hi(upstream_model: &str, temperature: Option<f32>) -> ChatRequest {
+    ChatRequest {
+        upstream_model: upstream_model.into(),
+        system: Some("Be brief.".into()),
+        turns: vec![Turn {
+            speaker: Speaker::User,
+            text: "Hi".into(),
+        }],
+        max_tokens: 100,
+        temperature,
+    }
+}
+
 /// Every provider adapter, built once at cold start around one HTTP client.
 #[derive(Debug, Clone)]
 pub struct Providers {

@@ -237,20 +237,10 @@ impl ChatProvider for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Turn;
 
     #[test]
     fn system_prompt_leads_the_messages() {
-        let request = ChatRequest {
-            upstream_model: "gpt-4o-mini".into(),
-            system: Some("Be brief.".into()),
-            turns: vec![Turn {
-                speaker: Speaker::User,
-                text: "Hi".into(),
-            }],
-            max_tokens: 100,
-            temperature: None,
-        };
+        let request = crate::providers::brief_hi("gpt-4o-mini", None);
         let json = serde_json::to_value(request_body(&request)).expect("json");
         assert_eq!(
             json,

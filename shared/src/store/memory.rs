@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Admission, AdmitOutcome, DailyUsage, ItemStatus, JobItem, JobPage, JobRecord, JobStore,
-    Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, RequestRecord, Role,
-    Settlement, StoreError, UserRecord, UserStore,
+    Admission, AdmitOutcome, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage, JobRecord,
+    JobStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, RequestRecord,
+    Role, Settlement, StoreError, UserRecord, UserStore,
 };
 use crate::ids::{JobId, OrgId, PlanId, UserId};
 
@@ -32,29 +32,25 @@ struct Inner {
 impl Inner {
     /// Finishes an item the attempt holds, counting it on the job; false if the attempt no longer
     /// holds it (nothing changed).
-    fn finish(
-        &mut self,
-        job: &JobId,
-        item: &str,
-        attempt: &str,
-        status: ItemStatus,
-        result: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let Some((record, items)) = self.jobs.get_mut(job) else {
+    fn finish(&mut self, finish: &JobItemFinish) -> Result<bool, StoreError> {
+        let Some((record, items)) = self.jobs.get_mut(&finish.job) else {
             return Err(StoreError::NotFound("job"));
         };
-        let Some(entry) = items.get_mut(item) else {
+        let Some(entry) = items.get_mut(&finish.item) else {
             return Err(StoreError::NotFound("job item"));
         };
-        if entry.status.is_final() || entry.claim.as_ref().is_none_or(|(a, _)| a != attempt) {
+        let held = entry
+            .claim
+            .as_ref()
+            .is_some_and(|(a, _)| a == &finish.attempt);
+        if entry.status.is_final() || !held {
             return Ok(false);
         }
-        entry.status = status;
-        entry.result = result.map(str::to_owned);
-        entry.error = error.map(str::to_owned);
+        entry.status = finish.status;
+        entry.result.clone_from(&finish.result);
+        entry.error.clone_from(&finish.error);
         entry.claim = None;
-        match status {
+        match finish.status {
             ItemStatus::Succeeded => record.succeeded = record.succeeded.saturating_add(1),
             _ => record.failed = record.failed.saturating_add(1),
         }
@@ -221,15 +217,7 @@ impl MeterStore for MemoryStore {
             return Ok(());
         }
         if let Some(finish) = &s.job_item {
-            let held = inner.finish(
-                &finish.job,
-                &finish.item,
-                &finish.attempt,
-                ItemStatus::Succeeded,
-                Some(&finish.result),
-                None,
-            )?;
-            if !held {
+            if !inner.finish(finish)? {
                 return Err(StoreError::Conflict("job item"));
             }
         }
@@ -393,16 +381,7 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
-    async fn finish_item(
-        &self,
-        job: &JobId,
-        item: &str,
-        attempt: &str,
-        status: ItemStatus,
-        result: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        self.lock()
-            .finish(job, item, attempt, status, result, error)
+    async fn finish_item(&self, finish: &JobItemFinish) -> Result<bool, StoreError> {
+        self.lock().finish(finish)
     }
 }

@@ -284,14 +284,35 @@ pub struct DailyChange {
     pub cost: u64,
 }
 
-/// Finishing a job item as part of a settlement.
+/// An attempt finishing the job item it holds: answered (with its answer, as JSON) or failed
+/// (with why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobItemFinish {
     pub job: crate::ids::JobId,
     pub item: String,
     pub attempt: String,
-    /// The answer, as JSON.
-    pub result: String,
+    pub status: ItemStatus,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+impl JobItemFinish {
+    /// The attempt gives up on the item, for `reason`.
+    pub fn failed(
+        job: &crate::ids::JobId,
+        item: &str,
+        attempt: &str,
+        reason: &str,
+    ) -> JobItemFinish {
+        JobItemFinish {
+            job: job.clone(),
+            item: item.to_owned(),
+            attempt: attempt.to_owned(),
+            status: ItemStatus::Failed,
+            result: None,
+            error: Some(reason.to_owned()),
+        }
+    }
 }
 
 /// A day's usage of one model by one org (`ai_usage`).
@@ -458,13 +479,5 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Finishes an item the attempt holds, counting it on the job; false if the attempt no longer
     /// holds it (nothing written).
-    async fn finish_item(
-        &self,
-        job: &crate::ids::JobId,
-        item: &str,
-        attempt: &str,
-        status: ItemStatus,
-        result: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<bool, StoreError>;
+    async fn finish_item(&self, finish: &JobItemFinish) -> Result<bool, StoreError>;
 }

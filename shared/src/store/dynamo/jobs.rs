@@ -10,11 +10,10 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use super::item::{get_i64, get_s, get_u64, item, key, n, s, Item};
 use super::keys;
 use super::table::{
-    build_error, is_condition_failure, put_new, unavailable, DynamoStore, Transaction,
-    TransactionFailure,
+    applied, build_error, put_new, unavailable, DynamoStore, Transaction, TransactionFailure,
 };
 use crate::ids::{JobId, OrgId, UserId};
-use crate::store::{ItemStatus, JobItem, JobPage, JobRecord, JobStore, StoreError};
+use crate::store::{ItemStatus, JobItem, JobItemFinish, JobPage, JobRecord, JobStore, StoreError};
 
 impl TryFrom<&Item> for JobRecord {
     type Error = StoreError;
@@ -187,11 +186,7 @@ impl JobStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if err.as_service_error().is_some_and(is_condition_failure) => Ok(false),
-            Err(err) => Err(unavailable(err)),
-        }
+        applied(result)
     }
 
     async fn release_item(&self, job: &JobId, item: &str, attempt: &str) -> Result<(), StoreError> {
@@ -208,25 +203,14 @@ impl JobStore for DynamoStore {
             .expression_attribute_values(":attempt", s(attempt))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if err.as_service_error().is_some_and(is_condition_failure) => Ok(()),
-            Err(err) => Err(unavailable(err)),
-        }
+        // Refused: the claim is gone already (lapsed, or the item finished).
+        applied(result).map(|_| ())
     }
 
-    async fn finish_item(
-        &self,
-        job: &JobId,
-        item: &str,
-        attempt: &str,
-        status: ItemStatus,
-        result: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    async fn finish_item(&self, finish: &JobItemFinish) -> Result<bool, StoreError> {
         let mut transaction = Transaction::new();
         // The item's outcome and the job's count change together, or not at all.
-        for write in finish_writes(self, job, item, attempt, status, result, error)? {
+        for write in finish_writes(self, finish)? {
             transaction.push((), write);
         }
         match transaction.send(self).await {
@@ -243,13 +227,16 @@ impl JobStore for DynamoStore {
 /// the job's count. Also used inside a settlement's transaction.
 pub(super) fn finish_writes(
     store: &DynamoStore,
-    job: &JobId,
-    item: &str,
-    attempt: &str,
-    status: ItemStatus,
-    result: Option<&str>,
-    error: Option<&str>,
+    finish: &JobItemFinish,
 ) -> Result<[TransactWriteItem; 2], StoreError> {
+    let JobItemFinish {
+        job,
+        item,
+        attempt,
+        status,
+        result,
+        error,
+    } = finish;
     let mut sets = vec!["#status = :status"];
     let mut update = Update::builder()
         .table_name(store.table())
@@ -258,24 +245,24 @@ pub(super) fn finish_writes(
         .expression_attribute_names("#status", "status")
         .expression_attribute_values(":status", s(status.as_str()))
         .expression_attribute_values(":running", s("running"))
-        .expression_attribute_values(":attempt", s(attempt));
+        .expression_attribute_values(":attempt", s(attempt.as_str()));
     if let Some(result) = result {
         sets.push("#result = :result");
         update = update
             .expression_attribute_names("#result", "result")
-            .expression_attribute_values(":result", s(result));
+            .expression_attribute_values(":result", s(result.as_str()));
     }
     if let Some(error) = error {
         sets.push("#error = :error");
         update = update
             .expression_attribute_names("#error", "error")
-            .expression_attribute_values(":error", s(error));
+            .expression_attribute_values(":error", s(error.as_str()));
     }
     let update = update
         .update_expression(format!("SET {} REMOVE claim, claim_until", sets.join(", ")))
         .build()
         .map_err(build_error)?;
-    let counter = if status == ItemStatus::Succeeded {
+    let counter = if *status == ItemStatus::Succeeded {
         "succeeded"
     } else {
         "failed"

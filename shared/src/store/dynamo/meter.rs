@@ -16,13 +16,13 @@ use super::jobs::finish_writes;
 use super::keys;
 use super::metrics::{Metered, Units};
 use super::table::{
-    back_off, build_error, is_condition_failure, unavailable, DynamoStore, Transaction,
-    TransactionFailure, TTL_ATTRIBUTE,
+    applied, back_off, build_error, unavailable, DynamoStore, Transaction, TransactionFailure,
+    TTL_ATTRIBUTE,
 };
 use crate::ids::{OrgId, UserId};
 use crate::store::{
-    Admission, AdmitOutcome, DailyUsage, Hold, ItemStatus, MeterStore, MonthCounter, OrgAccess,
-    Outcome, RequestRecord, Settlement, StoreError,
+    Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthCounter, OrgAccess, Outcome,
+    RequestRecord, Settlement, StoreError,
 };
 
 impl TryFrom<&Item> for MonthCounter {
@@ -190,7 +190,8 @@ impl DynamoStore {
 
     /// Gives a rate slot back (the request was refused by its monthly limit).
     async fn release_rate_slot(&self, a: &Admission) -> Result<(), StoreError> {
-        self.client
+        let released = self
+            .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(keys::rate_window(&a.org, a.minute))))
@@ -201,15 +202,9 @@ impl DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .metered(&self.metrics, Units::Write)
-            .await
-            .map(|_| ())
-            .or_else(|err| {
-                if err.as_service_error().is_some_and(is_condition_failure) {
-                    Ok(())
-                } else {
-                    Err(unavailable(err))
-                }
-            })
+            .await;
+        // Refused: the window holds no request to give back.
+        applied(released).map(|_| ())
     }
 
     /// The rate slot, with the remembered access read at the same time, so confirming it costs no
@@ -385,16 +380,7 @@ impl DynamoStore {
             transaction.push(SettleWrite::Day, day);
         }
         if let Some(finish) = &st.job_item {
-            let writes = finish_writes(
-                self,
-                &finish.job,
-                &finish.item,
-                &finish.attempt,
-                ItemStatus::Succeeded,
-                Some(&finish.result),
-                None,
-            )?;
-            for write in writes {
+            for write in finish_writes(self, finish)? {
                 transaction.push(SettleWrite::JobItem, write);
             }
         }

@@ -9,10 +9,7 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use super::item::{get_s, item, s, Item};
 use super::keys;
 use super::metrics::{Metered, Units};
-use super::table::{
-    back_off, is_condition_failure, put_new, unavailable, DynamoStore, Transaction,
-    TransactionFailure,
-};
+use super::table::{applied, back_off, put_new, DynamoStore, Transaction, TransactionFailure};
 use crate::ids::{OrgId, PlanId, UserId};
 use crate::store::{Membership, OrgAccess, OrgRecord, OrgStore, Role, StoreError};
 
@@ -146,7 +143,8 @@ impl OrgStore for DynamoStore {
     }
 
     async fn set_plan(&self, org: &OrgId, plan: &PlanId) -> Result<(), StoreError> {
-        self.client
+        let set = self
+            .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(super::item::key(keys::org(org))))
@@ -157,14 +155,11 @@ impl OrgStore for DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .metered(&self.metrics, Units::Write)
-            .await
-            .map(|_| ())
-            .map_err(|err| {
-                if err.as_service_error().is_some_and(is_condition_failure) {
-                    StoreError::NotFound("organization")
-                } else {
-                    unavailable(err)
-                }
-            })
+            .await;
+        if applied(set)? {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("organization"))
+        }
     }
 }

@@ -40,9 +40,23 @@ pub(super) fn build_error(err: aws_sdk_dynamodb::error::BuildError) -> StoreErro
     StoreError::Corrupt(format!("request could not be built: {err}"))
 }
 
-/// Whether a single-item write was refused by its condition.
-pub(super) fn is_condition_failure<E: ProvideErrorMetadata>(err: &E) -> bool {
-    err.code() == Some("ConditionalCheckFailedException")
+/// Whether a conditional write applied: `false` when its condition refused it.
+pub(super) fn applied<T, E, R>(result: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException")) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(unavailable(err)),
+    }
 }
 
 impl DynamoStore {

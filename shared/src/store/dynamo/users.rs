@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use super::item::{get_s, item, s, Item};
 use super::keys;
 use super::metrics::{Metered, Units};
-use super::table::{is_condition_failure, unavailable, DynamoStore};
+use super::table::{applied, DynamoStore};
 use crate::ids::UserId;
 use crate::store::{StoreError, UserRecord, UserStore};
 
@@ -34,7 +34,8 @@ impl UserStore for DynamoStore {
                 ("created_at", s(user.created_at.as_str())),
             ],
         );
-        self.client
+        let put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(record))
@@ -42,15 +43,12 @@ impl UserStore for DynamoStore {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .metered(&self.metrics, Units::Write)
-            .await
-            .map(|_| ())
-            .map_err(|err| {
-                if err.as_service_error().is_some_and(is_condition_failure) {
-                    StoreError::Conflict("user")
-                } else {
-                    unavailable(err)
-                }
-            })
+            .await;
+        if applied(put)? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("user"))
+        }
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
