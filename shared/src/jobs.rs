@@ -432,8 +432,11 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
     match answered {
         ItemAnswer::Stored | ItemAnswer::Overtaken => Ok(Step::Settled(Disposition::Done)),
         ItemAnswer::ProviderFailed(err) => claimed.retry(err.to_string()).await,
-        // Nothing was written: the claim lapses and the item is tried again.
-        ItemAnswer::StoreFailed(err) => Err(err.into()),
+        // The answer was dropped and its message given back: the item is tried again.
+        ItemAnswer::StoreFailed(err) => {
+            claimed.release().await?;
+            Err(err.into())
+        }
     }
 }
 
@@ -490,7 +493,7 @@ async fn refused(
         GatewayError::Limit(LimitError::RateLimited { reset_secs, .. }) => {
             // The minute is full: the item waits for the next one, unless it has waited too long.
             let waiting_since = message.waiting_since.unwrap_or(unix);
-            if unix - waiting_since > MAX_WAIT_SECS {
+            if unix.saturating_sub(waiting_since) > MAX_WAIT_SECS {
                 let reason = format!(
                     "waited over {} minutes for the org's rate limit: {}",
                     MAX_WAIT_SECS / 60,

@@ -7,7 +7,7 @@
 //! unsettled (its client went away, its future was cancelled) settles from its `Drop`: charged the
 //! input it sent if the provider was called, given back if not. A hold is never left to lapse.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -97,29 +97,40 @@ async fn admit_prepared(
     mut chat: PreparedChat,
     confirm: bool,
 ) -> Result<Result<Admitted, PreparedChat>, GatewayError> {
-    let org = &membership.org.id;
     let check = confirm.then(|| AccessCheck {
         user: user.clone(),
         plan: membership.org.plan.clone(),
     });
-    let now = (state.clock.now(), state.request_retention);
-    let ticket =
-        match limits::admit(state.stores.meter.as_ref(), now, org, plan, &chat, check).await? {
+    let (state, user, org, plan) = (
+        state.clone(),
+        user.clone(),
+        membership.org.id.clone(),
+        plan.clone(),
+    );
+    // Admission runs to its end on its own task: if the caller goes away meanwhile, the call it
+    // made is dropped with the task's output, and its Drop gives the message and hold back.
+    let admission = tokio::spawn(async move {
+        let now = (state.clock.now(), state.request_retention);
+        let meter = state.stores.meter.as_ref();
+        let ticket = match limits::admit(meter, now, &org, &plan, &chat, check).await? {
             Verdict::AccessChanged => return Ok(Err(chat)),
             Verdict::Admitted(ticket) => ticket,
         };
-    chat.request.max_tokens = ticket.max_tokens;
-    Ok(Ok(Admitted {
-        call: Some(Call {
-            state: state.clone(),
-            user: user.clone(),
-            org: org.clone(),
-            chat,
-            ticket,
-            admitted_at: Instant::now(),
-            provider_called: false,
-        }),
-    }))
+        chat.request.max_tokens = ticket.max_tokens;
+        Ok(Ok(Admitted {
+            call: Some(Call {
+                state,
+                user,
+                org,
+                chat,
+                ticket,
+                called_at: None,
+            }),
+        }))
+    });
+    admission
+        .await
+        .map_err(|e| GatewayError::Internal(format!("admission task failed: {e}")))?
 }
 
 /// The plan of a membership's org, as the catalog defines it.
@@ -137,16 +148,15 @@ struct Call {
     org: OrgId,
     chat: PreparedChat,
     ticket: Ticket,
-    admitted_at: Instant,
-    /// Whether the provider was asked: from then on it may have done work worth charging.
-    provider_called: bool,
+    /// When the provider was asked: from then on it may have done work worth charging.
+    called_at: Option<Instant>,
 }
 
 impl Call {
     fn settlement(&self, ending: Ending) -> crate::store::Settlement {
         let times = Times {
             now: self.state.clock.now(),
-            took: self.admitted_at.elapsed(),
+            took: self.called_at.map_or(Duration::ZERO, |at| at.elapsed()),
             retention: self.state.request_retention,
         };
         usage::settlement(
@@ -161,7 +171,7 @@ impl Call {
     /// How a call that nobody settled ends: the input the provider was sent is charged (it did
     /// that work), or, if it was never asked, the message is given back.
     fn ending_unsettled(&self, why: &str) -> Ending {
-        if self.provider_called {
+        if self.called_at.is_some() {
             Ending::Answered {
                 usage: self.estimate(None, 0),
                 note: Some(format!("usage estimated: {why}")),
@@ -240,9 +250,9 @@ impl Admitted {
             .call
             .as_mut()
             .expect("an Admitted is consumed by settling, so it is never seen settled");
-        call.provider_called = true;
-        let (chat, state) = (&call.chat, &call.state);
         let started = Instant::now();
+        call.called_at = Some(started);
+        let (chat, state) = (&call.chat, &call.state);
         let response = state
             .providers
             .get(chat.model.provider)
@@ -293,24 +303,30 @@ impl Admitted {
             result: Some(result_of(&response, cost)),
             error: None,
         });
-        let meter = call.state.stores.meter.clone();
-        match meter.settle(&settlement).await {
-            Ok(()) => ItemAnswer::Stored,
-            Err(err) => {
-                // Nothing was written (or an earlier send of this same write was, and this
-                // request is settled already): the answer is dropped, so the request gives its
-                // message and hold back, as a provider failure would.
-                let why = match &err {
-                    StoreError::Conflict(_) => "another attempt answered the item first".to_owned(),
-                    other => format!("the answer could not be stored: {other}"),
-                };
-                usage::apply(meter.as_ref(), &call.settlement(Ending::Failed(why))).await;
-                match err {
-                    StoreError::Conflict(_) => ItemAnswer::Overtaken,
-                    other => ItemAnswer::StoreFailed(other),
-                }
+        // The write runs on its own task, so it is done even if the worker stops waiting.
+        let write = tokio::spawn(async move {
+            let meter = call.state.stores.meter.clone();
+            let Err(err) = meter.settle(&settlement).await else {
+                return ItemAnswer::Stored;
+            };
+            // Nothing was written (or an earlier send of this same write was, and this request
+            // is settled already): the answer is dropped, so the request gives its message and
+            // hold back, as a provider failure would.
+            let why = match &err {
+                StoreError::Conflict(_) => "another attempt answered the item first".to_owned(),
+                other => format!("the answer could not be stored: {other}"),
+            };
+            usage::apply(meter.as_ref(), &call.settlement(Ending::Failed(why))).await;
+            match err {
+                StoreError::Conflict(_) => ItemAnswer::Overtaken,
+                other => ItemAnswer::StoreFailed(other),
             }
-        }
+        });
+        write.await.unwrap_or_else(|e| {
+            ItemAnswer::StoreFailed(StoreError::Unavailable(format!(
+                "settling task failed: {e}"
+            )))
+        })
     }
 
     /// Opens the provider's stream and waits for its first event, so that a provider refusing
@@ -325,7 +341,7 @@ impl Admitted {
             .call
             .as_mut()
             .expect("an Admitted is consumed by settling, so it is never seen settled");
-        call.provider_called = true;
+        call.called_at = Some(Instant::now());
         let provider = call.state.providers.get(call.chat.model.provider);
         let opened = provider.stream(&call.chat.request).await;
         let mut events = match opened {
@@ -348,16 +364,24 @@ impl Admitted {
         };
         let events: ChatStream = match first {
             Some(event) => Box::pin(futures::stream::iter([event]).chain(events)),
-            None => events,
+            // Ended without a single event (or the deadline came first): never poll an ended
+            // stream again.
+            None => Box::pin(events.fuse()),
         };
         Ok(MeteredStream::new(self, events))
     }
 
-    /// Settles the call as `ending`, once.
+    /// Settles the call as `ending`, once. The write runs on its own task, so it is done even if
+    /// the caller goes away while it is under way.
     async fn settle(&mut self, ending: Ending) {
         if let Some(call) = self.call.take() {
             let settlement = call.settlement(ending);
-            usage::apply(call.state.stores.meter.as_ref(), &settlement).await;
+            let meter = call.state.stores.meter.clone();
+            let write =
+                tokio::spawn(async move { usage::apply(meter.as_ref(), &settlement).await });
+            if let Err(error) = write.await {
+                tracing::error!(request_id = %call.ticket.request_id, %error, "the settling task failed");
+            }
         }
     }
 }
@@ -368,7 +392,7 @@ impl Drop for Admitted {
             return;
         };
         let settlement = call.settlement(call.ending_unsettled("the client disconnected"));
-        tracing::info!(request_id = %call.ticket.request_id, provider_called = call.provider_called, "call dropped before it settled; settling it now");
+        tracing::info!(request_id = %call.ticket.request_id, provider_called = call.called_at.is_some(), "call dropped before it settled; settling it now");
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let meter = call.state.stores.meter.clone();
@@ -492,12 +516,15 @@ impl MeteredStream {
             failure,
         } = self;
         drop(events);
-        let complete = finish.is_some() && failure.is_none() && end == StreamEnd::Drained;
+        let complete = finish.is_some() && failure.is_none() && end != StreamEnd::ClientGone;
         let provider_failed_first = text_bytes == 0 && !complete && end == StreamEnd::Drained;
         let why = match (&failure, end) {
             (Some(err), _) => err.to_string(),
             (None, StreamEnd::ClientGone) => "the client disconnected".to_owned(),
             (None, StreamEnd::OutOfTime) => "the stream reached its time limit".to_owned(),
+            (None, StreamEnd::Drained) if provider_failed_first => {
+                "the provider ended the stream without any output".to_owned()
+            }
             (None, StreamEnd::Drained) => "the provider reported no usage".to_owned(),
         };
         let (ending, estimated) = match reported {
