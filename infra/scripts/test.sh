@@ -8,7 +8,7 @@
 #    both are stopped when this script exits, however it exits.
 # 3. Runs every check, carrying on past failures so one run reports them all:
 #    cargo fmt, cargo clippy, cargo build, cargo nextest (or cargo test), pytest tests/python,
-#    node --test tests/js (the README's browser client), cfn-lint template.yaml.
+#    node --test tests/js (the README's browser client, the Vercel AI SDK), cfn-lint template.yaml.
 # Exits non-zero if any check failed, after a summary.
 set -euo pipefail
 
@@ -154,6 +154,9 @@ pytest_step() {
 
 node_step() {
     require_command node "install Node.js 20+" || return 1
+    # The JavaScript clients the tests drive (the Vercel AI SDK), at the versions package-lock.json pins.
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error >&2 \
+        || { log "npm ci in tests/js failed"; return 1; }
     LOCAL_SERVER_BIN="$(cargo_target_dir)/debug/local-server" node --test tests/js
 }
 
@@ -193,11 +196,11 @@ run_step "cargo build" cargo build --workspace --all-targets
 if [ "${STEP_STATUS[${#STEP_STATUS[@]} - 1]}" = ok ]; then
     run_step "cargo nextest" nextest
     run_step "pytest" pytest_step
-    run_step "node (README browser client)" node_step
+    run_step "node (JS clients)" node_step
 else
     skip_step "cargo nextest" "the build failed"
     skip_step "pytest" "the build failed"
-    skip_step "node (README browser client)" "the build failed"
+    skip_step "node (JS clients)" "the build failed"
 fi
 run_step "cfn-lint" "$VENV_DIR/bin/cfn-lint" template.yaml
 

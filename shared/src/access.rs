@@ -9,23 +9,32 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{AuthError, GatewayError};
-use crate::ids::{OrgId, UserId};
-use crate::store::{Membership, OrgAccess, OrgStore};
+use crate::ids::OrgId;
+use crate::store::{ApiKeyRecord, Membership, OrgAccess, OrgStore, Party};
 
-/// The user's membership in the org, read from the store (and remembered), or why there is none.
+/// The party's access to the org, read from the store (and remembered), or why there is none. A
+/// key that is no longer one of the org's keys was revoked: the caller is not authenticated.
 pub async fn read(
     orgs: &dyn OrgStore,
     cache: &AccessCache,
     org: OrgId,
-    user: &UserId,
+    party: &Party,
 ) -> Result<Membership, GatewayError> {
-    match orgs.org_access(&org, user).await? {
-        OrgAccess::Member(membership) => {
-            cache.remember(user, &membership);
+    let access = match party {
+        Party::User(user) => orgs.org_access(&org, user).await?,
+        Party::Key(key) => orgs.key_access(&org, &key.hash).await?,
+    };
+    match (access, party) {
+        (OrgAccess::Member(membership), _) => {
+            cache.remember(party, &membership);
             Ok(membership)
         }
-        OrgAccess::NotMember => Err(AuthError::NotMember(org.to_string()).into()),
-        OrgAccess::NoSuchOrg => Err(AuthError::OrgNotFound(org.to_string()).into()),
+        (_, Party::Key(key)) => {
+            cache.forget_key(&key.hash);
+            Err(AuthError::InvalidApiKey.into())
+        }
+        (OrgAccess::NotMember, _) => Err(AuthError::NotMember(org.to_string()).into()),
+        (OrgAccess::NoSuchOrg, _) => Err(AuthError::OrgNotFound(org.to_string()).into()),
     }
 }
 
@@ -34,10 +43,16 @@ const REMEMBER_FOR: Duration = Duration::from_secs(300);
 /// The most memberships remembered at once.
 const CAPACITY: usize = 10_000;
 
+type Entries = HashMap<(OrgId, Party), (Membership, Instant)>;
+
 /// What one process remembers; cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct AccessCache {
-    entries: Mutex<HashMap<(OrgId, UserId), (Membership, Instant)>>,
+    entries: Mutex<Entries>,
+    /// API keys by hash, so a key's org is known without a read (admission confirms the key).
+    keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+    /// When each key's last use was last noted.
+    touches: Mutex<crate::api_keys::Touches>,
 }
 
 impl AccessCache {
@@ -45,14 +60,14 @@ impl AccessCache {
         AccessCache::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OrgId, UserId), (Membership, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // Every operation leaves the map whole, so a poisoned lock is still consistent.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The membership last read for this user in this org, if read recently.
-    pub fn recall(&self, org: &OrgId, user: &UserId) -> Option<Membership> {
-        let key = (org.clone(), user.clone());
+    /// The membership last read for this party in this org, if read recently.
+    pub fn recall(&self, org: &OrgId, party: &Party) -> Option<Membership> {
+        let key = (org.clone(), party.clone());
         let mut entries = self.lock();
         match entries.get(&key) {
             Some((membership, at)) if at.elapsed() < REMEMBER_FOR => Some(membership.clone()),
@@ -65,7 +80,7 @@ impl AccessCache {
     }
 
     /// Remembers a membership just read from the store.
-    pub fn remember(&self, user: &UserId, membership: &Membership) {
+    pub fn remember(&self, party: &Party, membership: &Membership) {
         let mut entries = self.lock();
         if entries.len() >= CAPACITY {
             entries.retain(|_, (_, at)| at.elapsed() < REMEMBER_FOR);
@@ -74,21 +89,65 @@ impl AccessCache {
             }
         }
         entries.insert(
-            (membership.org.id.clone(), user.clone()),
+            (membership.org.id.clone(), party.clone()),
             (membership.clone(), Instant::now()),
         );
     }
 
     /// Forgets a membership found to be out of date.
-    pub fn forget(&self, org: &OrgId, user: &UserId) {
-        self.lock().remove(&(org.clone(), user.clone()));
+    pub fn forget(&self, org: &OrgId, party: &Party) {
+        self.lock().remove(&(org.clone(), party.clone()));
+    }
+
+    fn lock_keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ApiKeyRecord, Instant)>> {
+        // Every operation leaves the map whole, so a poisoned lock is still consistent.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key with this hash, if read recently.
+    pub fn recall_key(&self, hash: &str) -> Option<ApiKeyRecord> {
+        let keys = self.lock_keys();
+        keys.get(hash)
+            .filter(|(_, at)| at.elapsed() < REMEMBER_FOR)
+            .map(|(key, _)| key.clone())
+    }
+
+    /// Remembers a key just read from the store.
+    pub fn remember_key(&self, key: &ApiKeyRecord) {
+        let mut keys = self.lock_keys();
+        if keys.len() >= CAPACITY {
+            keys.retain(|_, (_, at)| at.elapsed() < REMEMBER_FOR);
+            if keys.len() >= CAPACITY {
+                keys.clear();
+            }
+        }
+        keys.insert(key.hash.clone(), (key.clone(), Instant::now()));
+    }
+
+    /// Whether a key's last use is due to be noted (not noted within `every`); if so, it counts
+    /// as noted now.
+    pub fn due_for_touch(&self, hash: &str, every: Duration) -> bool {
+        let mut touches = self.touches.lock().unwrap_or_else(|p| p.into_inner());
+        if touches.len() >= CAPACITY {
+            touches.clear();
+        }
+        let due = touches.get(hash).is_none_or(|at| at.elapsed() >= every);
+        if due {
+            touches.insert(hash.to_owned(), Instant::now());
+        }
+        due
+    }
+
+    /// Forgets a key found revoked.
+    pub fn forget_key(&self, hash: &str) {
+        self.lock_keys().remove(hash);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::PlanId;
+    use crate::ids::{PlanId, UserId};
     use crate::store::{OrgRecord, Role};
 
     fn membership(org: &str, plan: &str) -> Membership {
@@ -108,12 +167,12 @@ mod tests {
     #[test]
     fn remembers_per_org_and_user_until_forgotten() {
         let cache = AccessCache::new();
-        let (org, user) = (OrgId::from("o1"), UserId::from("u1"));
+        let (org, user) = (OrgId::from("o1"), Party::User(UserId::from("u1")));
         assert_eq!(cache.recall(&org, &user), None);
 
         cache.remember(&user, &membership("o1", "free"));
         assert_eq!(cache.recall(&org, &user), Some(membership("o1", "free")));
-        assert_eq!(cache.recall(&org, &UserId::from("u2")), None);
+        assert_eq!(cache.recall(&org, &Party::User(UserId::from("u2"))), None);
         assert_eq!(cache.recall(&OrgId::from("o2"), &user), None);
 
         cache.remember(&user, &membership("o1", "pro"));
@@ -125,7 +184,7 @@ mod tests {
     #[test]
     fn stays_within_its_capacity() {
         let cache = AccessCache::new();
-        let user = UserId::from("u1");
+        let user = Party::User(UserId::from("u1"));
         for i in 0..CAPACITY + 5 {
             cache.remember(&user, &membership(&format!("o{i}"), "free"));
         }

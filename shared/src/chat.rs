@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Model, Plan};
+use crate::catalog::{Catalog, Model, Plan, ProviderKind};
 use crate::error::{GatewayError, PlanError, RequestError};
 use crate::ids::ModelId;
-use crate::providers::{ChatRequest, ChatResponse, FinishReason, Speaker, Turn, Usage};
+use crate::providers::{ChatRequest, ChatResponse, FinishReason, Sampling, Speaker, Turn, Usage};
 
 /// The body of `POST /api/v1/ai/chat`, as sent. Fields are loosely typed here and checked in
 /// [`prepare`], so every mistake gets a message naming the field.
@@ -35,6 +35,7 @@ pub struct ChatInput {
     pub system: Option<String>,
     pub turns: Vec<Turn>,
     pub temperature: Option<f32>,
+    pub sampling: Sampling,
 }
 
 /// A request that passed every check that needs no counter.
@@ -56,6 +57,7 @@ impl PreparedChat {
             system: self.request.system,
             turns: self.request.turns,
             temperature: self.request.temperature,
+            sampling: self.request.sampling,
         }
     }
 }
@@ -124,6 +126,7 @@ pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         turns,
         temperature,
+        sampling: Sampling::default(),
     })
 }
 
@@ -144,6 +147,13 @@ pub fn check<'a>(
         })?;
     if !plan.allows(&model.id) {
         return Err(PlanError::ModelNotInPlan(model.id.to_string()).into());
+    }
+    if input.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic {
+        return Err(RequestError::Unsupported {
+            field: "seed",
+            model: model.id.to_string(),
+        }
+        .into());
     }
     let max_tokens = match input.max_tokens {
         Some(requested) if requested > model.max_tokens => {
@@ -187,6 +197,7 @@ pub fn build(model: &Model, max_tokens: u32, input: ChatInput) -> PreparedChat {
             turns: input.turns,
             max_tokens,
             temperature: input.temperature,
+            sampling: input.sampling,
         },
         asked_max_tokens: input.max_tokens,
     }

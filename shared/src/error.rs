@@ -13,6 +13,10 @@ pub enum AuthError {
     MissingToken,
     #[error("Could not validate credentials")]
     InvalidToken,
+    #[error("Incorrect API key provided")]
+    InvalidApiKey,
+    #[error("Only the organization's owner or an admin may manage its API keys")]
+    NotManager,
     #[error("Token has expired")]
     ExpiredToken,
     #[error("Incorrect email or password")]
@@ -47,6 +51,9 @@ pub enum RequestError {
         max: u32,
         model: String,
     },
+    /// A request field the chosen model's provider cannot honour.
+    #[error("{field} is not supported by model {model}")]
+    Unsupported { field: &'static str, model: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -108,10 +115,11 @@ impl GatewayError {
                 AuthError::MissingToken
                 | AuthError::InvalidToken
                 | AuthError::ExpiredToken
+                | AuthError::InvalidApiKey
                 | AuthError::BadCredentials => StatusCode::UNAUTHORIZED,
                 AuthError::MissingOrgHeader => StatusCode::BAD_REQUEST,
                 AuthError::OrgNotFound(_) => StatusCode::NOT_FOUND,
-                AuthError::NotMember(_) => StatusCode::FORBIDDEN,
+                AuthError::NotMember(_) | AuthError::NotManager => StatusCode::FORBIDDEN,
             },
             GatewayError::Request(e) => match e {
                 RequestError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -119,6 +127,7 @@ impl GatewayError {
                 RequestError::InvalidJson(_)
                 | RequestError::InvalidForm(_)
                 | RequestError::UnknownModel { .. }
+                | RequestError::Unsupported { .. }
                 | RequestError::MaxTokensAboveModel { .. } => StatusCode::BAD_REQUEST,
                 RequestError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 RequestError::Conflict(_) => StatusCode::CONFLICT,

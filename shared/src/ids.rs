@@ -68,3 +68,7 @@ id_type!(
     /// A model's public id, such as `gemini-1.5-flash`.
     ModelId
 );
+id_type!(
+    /// An org's API key (its id, not its secret).
+    KeyId
+);

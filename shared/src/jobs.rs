@@ -19,7 +19,7 @@ use crate::money::NanoUsd;
 use crate::providers::ChatResponse;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
-use crate::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, StoreError};
+use crate::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, Party, StoreError};
 
 /// The most chats one batch may hold.
 pub const MAX_ITEMS: usize = 50;
@@ -411,11 +411,11 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
         attempt,
     };
     // The plan may have changed since the job was accepted: the same admission as /chat's.
-    let admitted =
-        match metered::admit(state, &claimed.job.user, claimed.job.org.clone(), input).await {
-            Ok(admitted) => admitted,
-            Err(err) => return refused(&claimed, message, err, unix).await,
-        };
+    let party = Party::User(claimed.job.user.clone());
+    let admitted = match metered::admit(state, &party, claimed.job.org.clone(), input).await {
+        Ok(admitted) => admitted,
+        Err(err) => return refused(&claimed, message, err, unix).await,
+    };
     let model = admitted.chat().model.id.to_string();
     let answered = admitted
         .complete_item(

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod api;
+pub mod api_keys;
 pub mod auth;
 pub mod catalog;
 pub mod chat;

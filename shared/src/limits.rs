@@ -38,6 +38,16 @@ pub struct RateStatus {
     pub reset_secs: u64,
 }
 
+/// The month's tokens as an admission left them, for `x-ratelimit-*-tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenStatus {
+    pub limit: u64,
+    /// What is neither used nor held by requests in flight.
+    pub remaining: u64,
+    /// Seconds until the month turns.
+    pub reset_secs: u64,
+}
+
 /// An admitted request: what it may use and how to settle it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
@@ -50,6 +60,8 @@ pub struct Ticket {
     /// The output tokens the request may ask for, possibly clamped.
     pub max_tokens: u32,
     pub rate: RateStatus,
+    /// The month's tokens, when the plan limits them.
+    pub tokens: Option<TokenStatus>,
 }
 
 /// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes.
@@ -162,6 +174,7 @@ pub async fn admit(
             AdmitOutcome::Admitted {
                 requests_in_window,
                 holds,
+                committed,
             } => {
                 // Holds of requests that died are released as they are seen, so they never pile
                 // up in the month's item (on unlimited plans nothing else would): one per
@@ -186,6 +199,12 @@ pub async fn admit(
                         remaining: plan.requests_per_minute.saturating_sub(requests_in_window),
                         reset_secs: at.reset_secs,
                     },
+                    tokens: plan.tokens_per_month.map(|limit| TokenStatus {
+                        limit,
+                        remaining: limit.saturating_sub(committed),
+                        reset_secs: u64::try_from(at.month_end.saturating_sub(at.unix))
+                            .unwrap_or(0),
+                    }),
                 }));
             }
             AdmitOutcome::RateLimited { .. } => {

@@ -15,12 +15,12 @@ use crate::access;
 use crate::catalog::Plan;
 use crate::chat::{self, ChatInput, PreparedChat};
 use crate::error::{GatewayError, PlanError};
-use crate::ids::{OrgId, UserId};
-use crate::limits::{self, RateStatus, Ticket, Verdict};
+use crate::ids::OrgId;
+use crate::limits::{self, RateStatus, Ticket, TokenStatus, Verdict};
 use crate::money::NanoUsd;
 use crate::providers::{ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
 use crate::state::AppState;
-use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, StoreError};
+use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, Party, StoreError};
 use crate::usage::{self, Ending, Times};
 
 /// Admits a chat of `user` in `org`. `input` is the request as parsed, or why it could not be:
@@ -31,34 +31,34 @@ use crate::usage::{self, Ending, Times};
 /// remembered plan would refuse the request, everything is done again on a fresh read.
 pub async fn admit(
     state: &AppState,
-    user: &UserId,
+    party: &Party,
     org: OrgId,
     input: Result<ChatInput, GatewayError>,
 ) -> Result<Admitted, GatewayError> {
-    let remembered = state.access.recall(&org, user);
+    let remembered = state.access.recall(&org, party);
     let input = match input {
         Ok(input) => input,
         Err(err) => {
             // The membership first: on a remembered one, read it again.
-            state.access.forget(&org, user);
-            access::read(state.stores.orgs.as_ref(), &state.access, org, user).await?;
+            state.access.forget(&org, party);
+            access::read(state.stores.orgs.as_ref(), &state.access, org, party).await?;
             return Err(err);
         }
     };
     let input = match remembered {
-        Some(membership) => match admit_remembered(state, user, membership, input).await? {
+        Some(membership) => match admit_remembered(state, party, membership, input).await? {
             Ok(admitted) => return Ok(admitted),
             Err(input) => {
-                state.access.forget(&org, user);
+                state.access.forget(&org, party);
                 input
             }
         },
         None => input,
     };
-    let membership = access::read(state.stores.orgs.as_ref(), &state.access, org, user).await?;
+    let membership = access::read(state.stores.orgs.as_ref(), &state.access, org, party).await?;
     let plan = plan_of(state, &membership)?;
     let chat = chat::prepare(&state.catalog, plan, input)?;
-    match admit_prepared(state, user, &membership, plan, chat, false).await? {
+    match admit_prepared(state, party, &membership, plan, chat, false).await? {
         Ok(admitted) => Ok(admitted),
         Err(_) => Err(GatewayError::Internal(
             "admission without an access check reported changed access".into(),
@@ -71,7 +71,7 @@ pub async fn admit(
 /// given on fresh reads only.
 async fn admit_remembered(
     state: &AppState,
-    user: &UserId,
+    party: &Party,
     membership: Membership,
     input: ChatInput,
 ) -> Result<Result<Admitted, ChatInput>, GatewayError> {
@@ -82,7 +82,7 @@ async fn admit_remembered(
         return Ok(Err(input));
     };
     let chat = chat::build(model, max_tokens, input);
-    Ok(admit_prepared(state, user, &membership, plan, chat, true)
+    Ok(admit_prepared(state, party, &membership, plan, chat, true)
         .await?
         .map_err(PreparedChat::into_input))
 }
@@ -91,19 +91,19 @@ async fn admit_remembered(
 /// access changed (nothing taken).
 async fn admit_prepared(
     state: &AppState,
-    user: &UserId,
+    party: &Party,
     membership: &Membership,
     plan: &Plan,
     mut chat: PreparedChat,
     confirm: bool,
 ) -> Result<Result<Admitted, PreparedChat>, GatewayError> {
     let check = confirm.then(|| AccessCheck {
-        user: user.clone(),
+        party: party.clone(),
         plan: membership.org.plan.clone(),
     });
-    let (state, user, org, plan) = (
+    let (state, party, org, plan) = (
         state.clone(),
-        user.clone(),
+        party.clone(),
         membership.org.id.clone(),
         plan.clone(),
     );
@@ -120,7 +120,7 @@ async fn admit_prepared(
         Ok(Ok(Admitted {
             call: Some(Call {
                 state,
-                user,
+                party,
                 org,
                 chat,
                 ticket,
@@ -144,7 +144,7 @@ pub fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a P
 /// An admitted call, until it is settled.
 struct Call {
     state: AppState,
-    user: UserId,
+    party: Party,
     org: OrgId,
     chat: PreparedChat,
     ticket: Ticket,
@@ -161,7 +161,7 @@ impl Call {
         };
         usage::settlement(
             &self.ticket,
-            (&self.org, &self.user),
+            (&self.org, &self.party),
             &self.chat.model,
             ending,
             times,
@@ -212,6 +212,11 @@ impl Admitted {
     /// The rate-limit window as admission left it, for `X-RateLimit-*`.
     pub fn rate(&self) -> RateStatus {
         self.call().ticket.rate
+    }
+
+    /// The month's tokens as admission left them, when the plan limits them.
+    pub fn tokens(&self) -> Option<TokenStatus> {
+        self.call().ticket.tokens
     }
 
     pub fn request_id(&self) -> &str {
@@ -475,6 +480,10 @@ impl MeteredStream {
 
     pub fn rate(&self) -> RateStatus {
         self.admitted.rate()
+    }
+
+    pub fn tokens(&self) -> Option<TokenStatus> {
+        self.admitted.tokens()
     }
 
     pub fn request_id(&self) -> &str {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::access::AccessCache;
+use crate::api_keys::KeyHasher;
 use crate::auth::TokenIssuer;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub jobs_max_receives: u32,
     /// Memberships this process read recently, confirmed again by every admission.
     pub access: Arc<AccessCache>,
+    /// Hashes the API keys callers present.
+    pub key_hasher: KeyHasher,
 }
 
 /// Why a function could not start.
@@ -49,6 +52,7 @@ impl AppState {
             queue: None,
             jobs_max_receives: settings.jobs_max_receives,
             access: Arc::new(AccessCache::new()),
+            key_hasher: KeyHasher::new(&settings.jwt_secret),
         })
     }
 

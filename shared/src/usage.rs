@@ -15,7 +15,7 @@ use crate::limits::Ticket;
 use crate::money::NanoUsd;
 use crate::providers::Usage;
 use crate::store::{
-    DailyChange, Hold, MeterStore, MonthChange, Outcome, RequestRecord, Settlement,
+    DailyChange, Hold, MeterStore, MonthChange, Outcome, Party, RequestRecord, Settlement,
 };
 
 /// How a request ended, as metering sees it.
@@ -132,7 +132,7 @@ pub fn estimated(
 /// The settlement of an admitted request that ended as `ending`.
 pub fn settlement(
     ticket: &Ticket,
-    (org, user): (&OrgId, &UserId),
+    (org, party): (&OrgId, &Party),
     model: &Model,
     ending: Ending,
     times: Times,
@@ -156,7 +156,8 @@ pub fn settlement(
         record: RequestRecord {
             request_id: ticket.request_id.clone(),
             org: org.clone(),
-            user: user.clone(),
+            user: party.user().clone(),
+            api_key: party.key().cloned(),
             model: model.id.to_string(),
             input_tokens: used.input_tokens,
             output_tokens: used.output_tokens,
@@ -190,6 +191,7 @@ pub fn abandonment(org: &OrgId, month: &str, hold: &Hold, times: Times) -> Settl
             request_id: hold.request_id.clone(),
             org: org.clone(),
             user: UserId::from("unknown"),
+            api_key: None,
             model: hold.model.clone(),
             input_tokens: 0,
             output_tokens: 0,

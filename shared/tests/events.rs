@@ -8,6 +8,7 @@ use gateway::store::memory::MemoryStore;
 use gateway::store::Stores;
 use gateway::AppState;
 use http::StatusCode;
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 async fn state() -> AppState {
@@ -159,6 +160,81 @@ async fn every_sample_event_is_answered_by_its_function() {
     .await
     .expect("handler");
     assert_eq!(body(&response)["jobs"][0]["id"], job.as_str());
+
+    // AND an API key is created for the org, and the OpenAI-compatible events use it
+    let response = gateway::api::keys::create_key(
+        &state,
+        event(
+            include_str!("../../events/api-keys-create.json"),
+            &token,
+            &org,
+        ),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        body(&response)
+    );
+    let key = body(&response)["key"].as_str().expect("key").to_owned();
+    let key_id = body(&response)["id"].as_str().expect("key id").to_owned();
+    let with_key = |json: &str| event(&json.replace("REPLACE_WITH_API_KEY", &key), "", "");
+    let response = gateway::api::openai::chat_completions(
+        &state,
+        with_key(include_str!("../../events/openai-chat.json")),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON body");
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["model"], "gpt-4o-mini");
+    let response = gateway::api::openai::models(
+        &state,
+        with_key(include_str!("../../events/openai-models.json")),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(body(&response)["data"][0]["object"], "model");
+    let response = gateway::api::openai::models(
+        &state,
+        with_key(include_str!("../../events/openai-model.json")),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(body(&response)["id"], "gpt-4o-mini");
+    let response = gateway::api::keys::list_keys(
+        &state,
+        event(
+            include_str!("../../events/api-keys-list.json"),
+            &token,
+            &org,
+        ),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(body(&response)["keys"][0]["id"], key_id.as_str());
+    let revoke =
+        include_str!("../../events/api-keys-revoke.json").replace("REPLACE_WITH_KEY_ID", &key_id);
+    let response = gateway::api::keys::revoke_key(&state, event(&revoke, &token, &org))
+        .await
+        .expect("handler");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = gateway::api::openai::models(
+        &state,
+        with_key(include_str!("../../events/openai-models.json")),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // AND the placeholders alone are refused, not crashed on
     let response = gateway::api::chat(

@@ -246,6 +246,7 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
             request_id: request_id.to_owned(),
             org: org.clone(),
             user: record.user.clone(),
+            api_key: None,
             model: "gemini-1.5-flash".to_owned(),
             input_tokens: 10,
             output_tokens: 20,

@@ -14,7 +14,7 @@ use gateway::ids::{ModelId, OrgId, PlanId, UserId};
 use gateway::limits::{self, Ticket, Verdict};
 use gateway::providers::{ChatRequest, ProviderError, ProviderErrorKind, Speaker, Turn, Usage};
 use gateway::store::memory::MemoryStore;
-use gateway::store::{AccessCheck, Admission, AdmitOutcome, Hold, Outcome, Store};
+use gateway::store::{AccessCheck, Admission, AdmitOutcome, Hold, Outcome, Party, Store};
 use gateway::usage;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -46,6 +46,7 @@ fn chat(max_tokens: u32) -> PreparedChat {
             }],
             max_tokens,
             temperature: None,
+            sampling: Default::default(),
         },
         model,
         asked_max_tokens: Some(max_tokens),
@@ -95,7 +96,7 @@ async fn admit_as(
     plan: &Plan,
 ) -> Result<Verdict, GatewayError> {
     let check = AccessCheck {
-        user: user.clone(),
+        party: Party::User(user.clone()),
         plan: PlanId::from(assumed),
     };
     limits::admit(
@@ -131,7 +132,7 @@ async fn settle(
     };
     let settlement = usage::settlement(
         ticket,
-        (org, &UserId::from("user-1")),
+        (org, &Party::User(UserId::from("user-1"))),
         &chat(1).model,
         ending,
         times,

@@ -14,7 +14,7 @@ use gateway::config::Settings;
 use gateway::ids::{OrgId, PlanId, UserId};
 use gateway::metered;
 use gateway::store::memory::MemoryStore;
-use gateway::store::{MonthCounter, Outcome, RequestRecord, Store, Stores};
+use gateway::store::{MonthCounter, Outcome, Party, RequestRecord, Store, Stores};
 use gateway::AppState;
 use serde_json::json;
 
@@ -59,7 +59,7 @@ async fn lying_upstream() -> String {
 
 /// The gateway's state over `store`, its providers at `upstream`, and an org on the pro plan
 /// whose owner is the returned user.
-async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppState, OrgId, UserId) {
+async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppState, OrgId, Party) {
     let settings = Settings::local(SECRET, upstream, Some("sk-test"));
     let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
     let owner = UserId::generate();
@@ -76,7 +76,7 @@ async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppStat
         .set_plan(&org.id, &PlanId::from("pro"))
         .await
         .expect("plan");
-    (state, org.id, owner)
+    (state, org.id, Party::User(owner))
 }
 
 fn input(
@@ -204,6 +204,59 @@ async fn over_reported_usage_is_bounded_by_the_hold<S: Store + 'static>(store: A
     assert_eq!(counter.tokens, 2 * held);
 }
 
+/// A chat of whoever holds `key`, as `/v1/chat/completions` admits it.
+async fn admit_with_key(
+    state: &AppState,
+    key: &str,
+) -> Result<metered::Admitted, gateway::GatewayError> {
+    let (identity, org) = gateway::api_keys::resolve(state, key).await?;
+    let input = input("gpt-4o-mini", "hi", 50);
+    metered::admit(state, &Party::Key(identity), org, input).await
+}
+
+async fn a_revoked_key_stops_on_the_next_request_in_every_process<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    // GIVEN two processes on one store, and an org key that the first has used (and remembers)
+    let upstream = simulator().await;
+    let (first, org, owner) = gateway(&store, &upstream).await;
+    let settings = Settings::local(SECRET, &upstream, Some("sk-test"));
+    let second = AppState::new(&settings, Stores::from(store.clone())).expect("state");
+    let new =
+        gateway::api_keys::generate(&first, &org, "backend".into(), owner.user()).expect("key");
+    store.create_key(&new.record).await.expect("stored");
+    let key = new.secret.expose();
+    let answered = admit_with_key(&first, key).await.expect("admitted");
+    answered.complete().await.expect("answered");
+    // WHEN the second process revokes it
+    assert!(second
+        .stores
+        .keys
+        .revoke_key(&org, &new.record.id)
+        .await
+        .expect("revoked"));
+    // THEN the first refuses it on the very next request, having taken nothing for it
+    let refused = admit_with_key(&first, key).await;
+    assert!(
+        matches!(
+            refused,
+            Err(gateway::GatewayError::Auth(
+                gateway::error::AuthError::InvalidApiKey
+            ))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let month = gateway::clock::month_of(first.clock.now());
+    let store: Arc<dyn Store> = store;
+    let counter = store.month_counter(&org, &month).await.expect("counter");
+    assert_eq!((counter.messages, counter.holds.len()), (1, 0));
+    // AND the request the key made is on record under the key and its creator
+    let record = only_record(&store, &org, &month).await;
+    assert_eq!(record.api_key.as_ref(), Some(&new.record.id));
+    assert_eq!(&record.user, owner.user());
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -230,4 +283,5 @@ macro_rules! on_every_store {
 on_every_store!(
     a_dropped_call_settles_and_releases_its_hold,
     over_reported_usage_is_bounded_by_the_hold,
+    a_revoked_key_stops_on_the_next_request_in_every_process,
 );

@@ -63,6 +63,7 @@ fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatRequest {
         ],
         max_tokens,
         temperature: Some(0.7),
+        sampling: Default::default(),
     }
 }
 

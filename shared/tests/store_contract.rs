@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use common::{org, user};
 use futures::future::join_all;
-use gateway::ids::{OrgId, PlanId, UserId};
+use gateway::ids::{KeyId, OrgId, PlanId, UserId};
 use gateway::store::memory::MemoryStore;
-use gateway::store::{OrgAccess, Role, Store, StoreError};
+use gateway::store::{ApiKeyRecord, OrgAccess, Role, Store, StoreError};
 
 async fn registers_users_once(store: Arc<dyn Store>) {
     // GIVEN a registered user
@@ -164,6 +164,109 @@ async fn operators_change_plans(store: Arc<dyn Store>) {
     );
 }
 
+fn api_key(org: &OrgId, name: &str, hash: &str, created_at: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: KeyId::from(format!("key-{name}").as_str()),
+        org: org.clone(),
+        name: name.to_owned(),
+        prefix: "sk-gw-abcdef…".to_owned(),
+        hash: hash.to_owned(),
+        created_by: UserId::generate(),
+        created_at: created_at.to_owned(),
+        last_used_at: None,
+    }
+}
+
+async fn api_keys_are_found_by_hash_listed_and_revoked(store: Arc<dyn Store>) {
+    // GIVEN two orgs, and two keys of the first
+    let owner = UserId::generate();
+    let acme = org("acme", &owner, "2026-11-01T00:00:00Z");
+    let other = org("other", &owner, "2026-11-01T00:00:00Z");
+    for o in [&acme, &other] {
+        store
+            .create_org(o, "2026-11-01T00:00:00Z")
+            .await
+            .expect("org");
+    }
+    let first = api_key(&acme.id, "first", "hash-1", "2026-11-02T00:00:00Z");
+    let second = api_key(&acme.id, "second", "hash-2", "2026-11-03T00:00:00Z");
+    store.create_key(&second).await.expect("create");
+    store.create_key(&first).await.expect("create");
+    // WHEN they are looked up
+    // THEN each is found by its hash, acts for its org only, and the org lists them oldest first
+    assert_eq!(
+        store.key_by_hash("hash-1").await.expect("read"),
+        Some(first.clone())
+    );
+    assert_eq!(store.key_by_hash("hash-3").await.expect("read"), None);
+    assert!(matches!(
+        store.key_access(&acme.id, "hash-2").await.expect("read"),
+        OrgAccess::Member(_)
+    ));
+    assert_eq!(
+        store.key_access(&other.id, "hash-2").await.expect("read"),
+        OrgAccess::NotMember
+    );
+    assert_eq!(
+        store
+            .key_access(&OrgId::generate(), "hash-2")
+            .await
+            .expect("read"),
+        OrgAccess::NoSuchOrg
+    );
+    assert_eq!(
+        store.keys_of(&acme.id).await.expect("list"),
+        vec![first.clone(), second.clone()]
+    );
+    assert!(store.keys_of(&other.id).await.expect("list").is_empty());
+    // AND a key's use is noted
+    store
+        .touch_key("hash-1", "2026-11-04T00:00:00Z")
+        .await
+        .expect("touch");
+    let touched = store
+        .key_by_hash("hash-1")
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(
+        touched.last_used_at.as_deref(),
+        Some("2026-11-04T00:00:00Z")
+    );
+    // AND the same hash cannot be stored twice
+    let again = store
+        .create_key(&api_key(
+            &acme.id,
+            "again",
+            "hash-1",
+            "2026-11-05T00:00:00Z",
+        ))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    // WHEN a key is revoked, by its org only
+    assert!(!store
+        .revoke_key(&other.id, &first.id)
+        .await
+        .expect("revoke"));
+    assert!(store.revoke_key(&acme.id, &first.id).await.expect("revoke"));
+    assert!(!store
+        .revoke_key(&acme.id, &first.id)
+        .await
+        .expect("revoke twice"));
+    // THEN it is gone at once, everywhere; touching it does not bring it back
+    assert_eq!(store.key_by_hash("hash-1").await.expect("read"), None);
+    assert_eq!(
+        store.key_access(&acme.id, "hash-1").await.expect("read"),
+        OrgAccess::NotMember
+    );
+    store
+        .touch_key("hash-1", "2026-11-06T00:00:00Z")
+        .await
+        .expect("touch");
+    assert_eq!(store.key_by_hash("hash-1").await.expect("read"), None);
+    assert_eq!(store.keys_of(&acme.id).await.expect("list"), vec![second]);
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -197,4 +300,5 @@ contract!(
     slugs_are_unique_even_under_races,
     lists_a_users_orgs_oldest_first,
     operators_change_plans,
+    api_keys_are_found_by_hash_listed_and_revoked,
 );

@@ -146,6 +146,10 @@ pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
             gateway::api::STREAM_PATH,
             axum::routing::post(stream_route).fallback(gateway_route),
         )
+        .route(
+            gateway::api::openai::COMPLETIONS_PATH,
+            axum::routing::post(completions_route).fallback(gateway_route),
+        )
         .fallback(gateway_route)
         .with_state(server)
 }
@@ -206,7 +210,23 @@ async fn stream_route(State(server): State<Server>, request: axum::extract::Requ
         Ok(request) => request,
         Err(response) => return response,
     };
-    match gateway::api::chat_stream(&server.state, request).await {
+    streamed(gateway::api::chat_stream(&server.state, request).await)
+}
+
+/// `POST /v1/chat/completions`, streamed or not, as its Lambda function answers it.
+async fn completions_route(
+    State(server): State<Server>,
+    request: axum::extract::Request,
+) -> Response {
+    let request = match to_lambda(request).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    streamed(gateway::api::openai::chat_completions(&server.state, request).await)
+}
+
+fn streamed(response: Result<gateway::api::StreamingResponse, lambda_http::Error>) -> Response {
+    match response {
         Ok(response) => response.map(AxumBody::new),
         Err(err) => to_axum(gateway::api::respond::error(
             gateway::error::GatewayError::Internal(err.to_string()),

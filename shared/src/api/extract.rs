@@ -5,11 +5,12 @@ use lambda_http::Request;
 use serde::de::DeserializeOwned;
 
 use crate::access;
+use crate::api_keys;
 use crate::auth::{bearer_token, Caller};
 use crate::error::{AuthError, GatewayError, RequestError};
 use crate::ids::OrgId;
 use crate::state::AppState;
-use crate::store::Membership;
+use crate::store::{Membership, Party};
 
 /// The largest body any endpoint accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -103,13 +104,33 @@ pub async fn current_org(
     caller: &Caller,
 ) -> Result<Membership, GatewayError> {
     let org = org_header(request)?;
-    access::read(
-        state.stores.orgs.as_ref(),
-        &state.access,
-        org,
-        &caller.user_id,
-    )
-    .await
+    let party = Party::User(caller.user_id.clone());
+    access::read(state.stores.orgs.as_ref(), &state.access, org, &party).await
+}
+
+/// Who is calling, and for which org: one of an org's API keys (`Bearer sk-gw-…`, acting for its
+/// org), or a user's token with `X-Current-Org`.
+pub async fn principal(
+    state: &AppState,
+    request: &Request,
+) -> Result<(Party, OrgId), GatewayError> {
+    let token = bearer_token(request.headers())?;
+    if api_keys::is_key(token) {
+        let (key, org) = api_keys::resolve(state, token).await?;
+        return Ok((Party::Key(key), org));
+    }
+    let caller = state.tokens.verify(token)?;
+    Ok((Party::User(caller.user_id), org_header(request)?))
+}
+
+/// The caller (a user or a key) and their org, read from the store.
+pub async fn principal_org(
+    state: &AppState,
+    request: &Request,
+) -> Result<(Party, Membership), GatewayError> {
+    let (party, org) = principal(state, request).await?;
+    let membership = access::read(state.stores.orgs.as_ref(), &state.access, org, &party).await?;
+    Ok((party, membership))
 }
 
 /// A query-string parameter, from API Gateway's parsed parameters in Lambda or from the URI.

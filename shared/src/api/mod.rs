@@ -2,6 +2,8 @@
 //! Lambda functions run one handler each; the local server routes to all of them with [`dispatch`].
 
 pub mod extract;
+pub mod keys;
+pub mod openai;
 pub mod respond;
 pub mod sse;
 pub mod stream;
@@ -23,7 +25,7 @@ use crate::queue::JobMessage;
 use crate::state::AppState;
 use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
 use crate::usage;
-use extract::{caller, current_org, form_body, json_body, org_header};
+use extract::{caller, current_org, form_body, json_body, principal, principal_org};
 use respond::{finish, json, HttpResponse};
 
 /// What every handler returns to `lambda_http`: errors are already responses.
@@ -267,7 +269,7 @@ pub async fn chat(state: &AppState, request: Request) -> HandlerResult {
 }
 
 async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
-    let caller = caller(state, request)?;
+    let (party, org) = principal(state, request).await?;
     let input = chat_input(request, |body| {
         if body.stream == Some(true) {
             return Err(RequestError::InvalidField(
@@ -277,7 +279,7 @@ async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse,
         }
         Ok(())
     });
-    let admitted = metered::admit(state, &caller.user_id, org_header(request)?, input).await?;
+    let admitted = metered::admit(state, &party, org, input).await?;
     let (rate, model) = (admitted.rate(), admitted.chat().model.id.to_string());
     let mut response = match admitted.complete().await {
         Ok(answer) => json(StatusCode::OK, &chat::ChatAnswer::from_parts(answer, model)),
@@ -303,8 +305,7 @@ pub async fn usage(state: &AppState, request: Request) -> HandlerResult {
 }
 
 async fn usage_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
-    let caller = caller(state, request)?;
-    let membership = current_org(state, request, &caller).await?;
+    let (_, membership) = principal_org(state, request).await?;
     let plan = metered::plan_of(state, &membership)?;
     let month = match extract::query_param(request, "month") {
         None => clock::month_of(state.clock.now()),
@@ -342,8 +343,7 @@ pub async fn models(state: &AppState, request: Request) -> HandlerResult {
 }
 
 async fn models_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
-    let caller = caller(state, request)?;
-    let membership = current_org(state, request, &caller).await?;
+    let (_, membership) = principal_org(state, request).await?;
     let plan = metered::plan_of(state, &membership)?;
     let models = state
         .catalog
@@ -496,6 +496,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/ai/usage"),
     ("POST", JOBS_PATH),
     ("GET", JOBS_PATH),
+    ("POST", openai::COMPLETIONS_PATH),
+    ("GET", openai::MODELS_PATH),
 ];
 
 /// Routes a request to its handler, as API Gateway does in AWS: for the local server and tests.
@@ -513,6 +515,20 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
         ("POST", JOBS_PATH) => submit_job(state, request).await,
         ("GET", JOBS_PATH) => list_jobs(state, request).await,
         ("GET", p) if p.starts_with("/api/v1/ai/jobs/") => get_job(state, request).await,
+        ("GET", openai::MODELS_PATH) => openai::models(state, request).await,
+        ("GET", p) if p.starts_with("/v1/models/") => openai::models(state, request).await,
+        (m, _) if keys::keys_path(&request).is_some() => match (m, keys::keys_path(&request)) {
+            ("POST", Some((_, None))) => keys::create_key(state, request).await,
+            ("GET", Some((_, None))) => keys::list_keys(state, request).await,
+            ("DELETE", Some((_, Some(_)))) => keys::revoke_key(state, request).await,
+            _ => Ok(respond::error(
+                RequestError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path,
+                }
+                .into(),
+            )),
+        },
         _ => {
             let known_path = ROUTES.iter().any(|(_, p)| *p == path);
             let error = if known_path && method != Method::OPTIONS {

@@ -37,15 +37,21 @@ struct Detail {
     detail: String,
 }
 
-/// An error response. Server faults are logged with their full (secret-free) cause; client
-/// mistakes are only answered.
-pub fn error(err: GatewayError) -> HttpResponse {
+/// Logs an error once, at the edge: server faults with their full (secret-free) cause; client
+/// mistakes only at debug level.
+pub fn log(err: &GatewayError) {
     let status = err.status();
     if err.is_server_fault() {
         tracing::error!(status = status.as_u16(), error = %err, "request failed");
     } else {
         tracing::debug!(status = status.as_u16(), error = %err, "request refused");
     }
+}
+
+/// An error response, logged by [`log`].
+pub fn error(err: GatewayError) -> HttpResponse {
+    log(&err);
+    let status = err.status();
     let mut response = json(
         status,
         &Detail {

@@ -15,11 +15,11 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::extract::{caller, org_header};
+use super::extract::principal;
 use super::{chat_input, respond, sse};
 use crate::error::GatewayError;
 use crate::limits;
-use crate::metered::{self, MeteredStream, StreamEnd};
+use crate::metered::{self, MeteredStream, StreamEnd, StreamSummary};
 use crate::providers::FinishReason;
 use crate::state::AppState;
 
@@ -37,7 +37,7 @@ const CLOSING_WAIT: Duration = Duration::from_secs(2);
 /// When a stream must be cut so that it is still settled: before the Lambda invocation's deadline
 /// (the function is killed then, and an unsettled request is charged nothing), and before its
 /// token hold would count as abandoned.
-fn stream_deadline(request: &Request, started: Instant) -> Instant {
+pub(crate) fn stream_deadline(request: &Request, started: Instant) -> Instant {
     let hold_ends = started + Duration::from_secs(limits::HOLD_SECONDS.unsigned_abs());
     let invocation_ends = request.lambda_context_ref().and_then(|context| {
         let now_ms = SystemTime::now()
@@ -54,7 +54,7 @@ fn stream_deadline(request: &Request, started: Instant) -> Instant {
 }
 
 /// A plain (non-streamed) response, as every error before the stream opens is.
-fn plain(response: respond::HttpResponse) -> StreamingResponse {
+pub(crate) fn plain(response: respond::HttpResponse) -> StreamingResponse {
     let (parts, body) = response.into_parts();
     let bytes = Bytes::copy_from_slice(body.as_ref());
     Response::from_parts(parts, Full::new(bytes).boxed())
@@ -72,9 +72,9 @@ pub async fn chat_stream(
 }
 
 async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, GatewayError> {
-    let caller = caller(state, request)?;
+    let (party, org) = principal(state, request).await?;
     let input = chat_input(request, |_| Ok(()));
-    let admitted = metered::admit(state, &caller.user_id, org_header(request)?, input).await?;
+    let admitted = metered::admit(state, &party, org, input).await?;
     let deadline = stream_deadline(request, Instant::now());
     let stream = match admitted.open_stream(deadline).await {
         Ok(stream) => stream,
@@ -85,28 +85,26 @@ async fn open(state: &AppState, request: &Request) -> Result<StreamingResponse, 
             return Ok(plain(response));
         }
     };
-    let rate = stream.rate();
-    let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
-    tokio::spawn(pump(stream, sender, deadline));
-
-    let body = StreamBody::new(
-        ReceiverStream::new(receiver).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))),
-    );
-    let mut response = Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "text/event-stream; charset=utf-8")
-        .header(CACHE_CONTROL, "no-cache")
-        // Tells reverse proxies (nginx and the like) not to hold the stream back.
-        .header("x-accel-buffering", "no")
-        .body(BodyExt::boxed(body))
-        .map_err(|e| GatewayError::Internal(format!("building the stream response: {e}")))?;
-    let mut headers_only = respond::HttpResponse::default();
-    respond::rate_headers(&mut headers_only, rate);
-    response
-        .headers_mut()
-        .extend(headers_only.headers().clone());
-    Ok(response)
+    let mut headers = respond::HttpResponse::default();
+    respond::rate_headers(&mut headers, stream.rate());
+    event_stream(stream, NativeEvents, deadline, headers.headers())
 }
+
+/// How a stream's pieces are written for its client.
+pub(crate) trait Framing: Send + 'static {
+    /// What goes out as soon as the stream opens, before any text.
+    fn opening(&mut self) -> Option<Bytes> {
+        None
+    }
+    /// One piece of the answer's text.
+    fn text(&mut self, text: &str) -> Bytes;
+    /// What ends the stream once it is settled: an error if it was cut, the usage, the end.
+    fn closing(&mut self, summary: &StreamSummary) -> Vec<Bytes>;
+}
+
+/// `/api/v1/ai/chat/stream`'s events: each delta as an unnamed event, then `event: error` if the
+/// answer was cut, `event: usage`, and `data: [DONE]`.
+struct NativeEvents;
 
 /// The `event: usage` body.
 #[derive(Debug, Serialize)]
@@ -121,28 +119,92 @@ struct UsageEvent<'a> {
     finish_reason: Option<&'a str>,
 }
 
+impl Framing for NativeEvents {
+    fn text(&mut self, text: &str) -> Bytes {
+        sse::data(text)
+    }
+
+    fn closing(&mut self, summary: &StreamSummary) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(3);
+        if let Some(detail) = &summary.interrupted {
+            let detail = serde_json::json!({ "detail": detail }).to_string();
+            frames.push(sse::named("error", &detail));
+        }
+        let usage = UsageEvent {
+            input_tokens: summary.usage.input_tokens,
+            output_tokens: summary.usage.output_tokens,
+            total_tokens: summary.usage.total(),
+            cost: summary.cost.as_cents(),
+            estimated: summary.estimated,
+            finish_reason: summary.finish_reason.as_ref().map(FinishReason::as_str),
+        };
+        if let Ok(json) = serde_json::to_string(&usage) {
+            frames.push(sse::named("usage", &json));
+        }
+        frames.push(sse::done());
+        frames
+    }
+}
+
+/// The `200 text/event-stream` answer of an opened stream, with `headers`; a task moves the
+/// provider's text to it as it comes, framed by `framing`, until `deadline`.
+pub(crate) fn event_stream(
+    stream: MeteredStream,
+    framing: impl Framing,
+    deadline: Instant,
+    headers: &http::HeaderMap,
+) -> Result<StreamingResponse, GatewayError> {
+    let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+    tokio::spawn(pump(stream, framing, sender, deadline));
+    let body = StreamBody::new(
+        ReceiverStream::new(receiver).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes))),
+    );
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(CACHE_CONTROL, "no-cache")
+        // Tells reverse proxies (nginx and the like) not to hold the stream back.
+        .header("x-accel-buffering", "no")
+        .body(BodyExt::boxed(body))
+        .map_err(|e| GatewayError::Internal(format!("building the stream response: {e}")))?;
+    response.headers_mut().extend(headers.clone());
+    Ok(response)
+}
+
 /// Moves the provider's text to the client as it comes, then settles what was consumed and closes
 /// the stream. When the client goes away the upstream stream is dropped, which cancels the
 /// provider request.
-async fn pump(mut stream: MeteredStream, sender: mpsc::Sender<Bytes>, deadline: Instant) {
+async fn pump(
+    mut stream: MeteredStream,
+    mut framing: impl Framing,
+    sender: mpsc::Sender<Bytes>,
+    deadline: Instant,
+) {
     let cut_at = tokio::time::sleep_until(deadline.into());
     tokio::pin!(cut_at);
-    let end = loop {
-        let text = tokio::select! {
-            _ = sender.closed() => break StreamEnd::ClientGone,
-            () = &mut cut_at => break StreamEnd::OutOfTime,
-            text = stream.next_text() => text,
-        };
-        let Some(text) = text else {
-            break StreamEnd::Drained;
-        };
-        // A client that stops reading fills the channel; the deadline still holds.
-        let sent = tokio::select! {
-            sent = sender.send(sse::data(&text)) => sent.is_ok(),
-            () = &mut cut_at => break StreamEnd::OutOfTime,
-        };
-        if !sent {
-            break StreamEnd::ClientGone;
+    let end = 'read: {
+        if let Some(frame) = framing.opening() {
+            if sender.send(frame).await.is_err() {
+                break 'read StreamEnd::ClientGone;
+            }
+        }
+        loop {
+            let text = tokio::select! {
+                _ = sender.closed() => break 'read StreamEnd::ClientGone,
+                () = &mut cut_at => break 'read StreamEnd::OutOfTime,
+                text = stream.next_text() => text,
+            };
+            let Some(text) = text else {
+                break 'read StreamEnd::Drained;
+            };
+            // A client that stops reading fills the channel; the deadline still holds.
+            let sent = tokio::select! {
+                sent = sender.send(framing.text(&text)) => sent.is_ok(),
+                () = &mut cut_at => break 'read StreamEnd::OutOfTime,
+            };
+            if !sent {
+                break 'read StreamEnd::ClientGone;
+            }
         }
     };
     let request_id = stream.request_id().to_owned();
@@ -152,21 +214,10 @@ async fn pump(mut stream: MeteredStream, sender: mpsc::Sender<Bytes>, deadline: 
     }
     if let Some(detail) = &summary.interrupted {
         tracing::warn!(%request_id, %detail, "stream interrupted");
-        let detail = serde_json::json!({ "detail": detail }).to_string();
-        send_closing(&sender, sse::named("error", &detail)).await;
     }
-    let usage_event = UsageEvent {
-        input_tokens: summary.usage.input_tokens,
-        output_tokens: summary.usage.output_tokens,
-        total_tokens: summary.usage.total(),
-        cost: summary.cost.as_cents(),
-        estimated: summary.estimated,
-        finish_reason: summary.finish_reason.as_ref().map(FinishReason::as_str),
-    };
-    if let Ok(json) = serde_json::to_string(&usage_event) {
-        send_closing(&sender, sse::named("usage", &json)).await;
+    for frame in framing.closing(&summary) {
+        send_closing(&sender, frame).await;
     }
-    send_closing(&sender, sse::done()).await;
 }
 
 /// Sends one of the closing events, giving up on a client that has stopped reading: the
@@ -183,7 +234,7 @@ mod tests {
     use crate::ids::{OrgId, PlanId, UserId};
     use crate::providers::{ChatStream, StreamEvent};
     use crate::store::memory::MemoryStore;
-    use crate::store::{MeterStore, OrgRecord, OrgStore, Outcome, Stores};
+    use crate::store::{MeterStore, OrgRecord, OrgStore, Outcome, Party, Stores};
     use std::sync::Arc;
 
     fn in_lambda(deadline_in: Duration) -> Request {
@@ -238,7 +289,7 @@ mod tests {
         }))
         .expect("body");
         let input = crate::chat::validate(body);
-        let admitted = metered::admit(&state, &user, org.clone(), input)
+        let admitted = metered::admit(&state, &Party::User(user), org.clone(), input)
             .await
             .expect("admitted");
         let month = crate::clock::month_of(state.clock.now());
@@ -259,7 +310,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(100);
         tokio::time::timeout(
             Duration::from_secs(10),
-            pump(MeteredStream::new(admitted, stream), sender, deadline),
+            pump(
+                MeteredStream::new(admitted, stream),
+                NativeEvents,
+                sender,
+                deadline,
+            ),
         )
         .await
         .expect("the pump stops at the deadline");
@@ -298,7 +354,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(100);
         tokio::time::timeout(
             Duration::from_secs(20),
-            pump(MeteredStream::new(admitted, stream), sender, deadline),
+            pump(
+                MeteredStream::new(admitted, stream),
+                NativeEvents,
+                sender,
+                deadline,
+            ),
         )
         .await
         .expect("the pump ends although nobody reads");

@@ -33,7 +33,19 @@ struct RequestBody<'a> {
     messages: Vec<WireMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
     stream: bool,
+}
+
+/// <https://docs.anthropic.com/en/api/messages>: `metadata.user_id` identifies the end user.
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -213,6 +225,13 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         // Anthropic's range is 0–1, the gateway's is OpenAI's 0–2: values above 1 are clamped so
         // the common 0–1 settings mean the same everywhere.
         temperature: request.temperature.map(|t| t.min(1.0)),
+        top_p: request.sampling.top_p,
+        stop_sequences: &request.sampling.stop,
+        metadata: request
+            .sampling
+            .user
+            .as_deref()
+            .map(|user_id| Metadata { user_id }),
         stream: false,
     }
 }

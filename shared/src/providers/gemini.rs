@@ -28,7 +28,7 @@ struct RequestBody<'a> {
     contents: Vec<Content<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_instruction: Option<SystemInstruction<'a>>,
-    generation_config: GenerationConfig,
+    generation_config: GenerationConfig<'a>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,10 +49,16 @@ struct Part<'a> {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct GenerationConfig {
+struct GenerationConfig<'a> {
     max_output_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +213,9 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         generation_config: GenerationConfig {
             max_output_tokens: request.max_tokens,
             temperature: request.temperature,
+            top_p: request.sampling.top_p,
+            stop_sequences: &request.sampling.stop,
+            seed: request.sampling.seed,
         },
     }
 }
@@ -297,6 +306,7 @@ mod tests {
             ],
             max_tokens: 100,
             temperature: Some(0.7),
+            sampling: Default::default(),
         };
         let json = serde_json::to_value(request_body(&request)).expect("json");
         assert_eq!(json["contents"][1]["role"], "model");

@@ -43,6 +43,21 @@ pub struct ChatRequest {
     pub turns: Vec<Turn>,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
+    pub sampling: Sampling,
+}
+
+/// The rarer generation options, as OpenAI's API names them. Each adapter maps them to its
+/// provider's names; one a provider cannot honour is refused before the call
+/// (`chat::check`), never dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    /// Nucleus sampling, 0–1.
+    pub top_p: Option<f32>,
+    /// Up to four sequences that end the answer where they would appear.
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    /// The end user, for the provider's abuse monitoring.
+    pub user: Option<String>,
 }
 
 /// Token counts as the provider reported them.
@@ -371,6 +386,7 @@ pub(crate) fn brief_hi(upstream_model: &str, temperature: Option<f32>) -> ChatRe
         }],
         max_tokens: 100,
         temperature,
+        sampling: Sampling::default(),
     }
 }
 

@@ -28,6 +28,14 @@ struct RequestBody<'a> {
     max_completion_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -174,6 +182,10 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         messages,
         max_completion_tokens: request.max_tokens,
         temperature: request.temperature,
+        top_p: request.sampling.top_p,
+        stop: &request.sampling.stop,
+        seed: request.sampling.seed,
+        user: request.sampling.user.as_deref(),
         stream: false,
         stream_options: None,
     }

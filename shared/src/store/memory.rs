@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Admission, AdmitOutcome, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage, JobRecord,
-    JobStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord, OrgStore, RequestRecord,
-    Role, Settlement, StoreError, UserRecord, UserStore,
+    Admission, AdmitOutcome, ApiKeyRecord, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage,
+    JobRecord, JobStore, KeyStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord,
+    OrgStore, Party, RequestRecord, Role, Settlement, StoreError, UserRecord, UserStore,
 };
-use crate::ids::{JobId, OrgId, PlanId, UserId};
+use crate::ids::{JobId, KeyId, OrgId, PlanId, UserId};
 
 #[derive(Default)]
 struct Inner {
@@ -27,9 +27,22 @@ struct Inner {
     daily: HashMap<(OrgId, String), BTreeMap<(String, String), DailyUsage>>,
     settled: HashSet<String>,
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
+    /// API keys by hash.
+    keys: HashMap<String, ApiKeyRecord>,
 }
 
 impl Inner {
+    /// Whether the party may act in the org: a member, or one of its keys.
+    fn acts_for(&self, party: &Party, org: &OrgId) -> bool {
+        match party {
+            Party::User(user) => self
+                .memberships
+                .get(user)
+                .is_some_and(|m| m.iter().any(|((_, id), _)| id == org)),
+            Party::Key(key) => self.keys.get(&key.hash).is_some_and(|k| &k.org == org),
+        }
+    }
+
     /// Finishes an item the attempt holds, counting it on the job; false if the attempt no longer
     /// holds it (nothing changed).
     fn finish(&mut self, finish: &JobItemFinish) -> Result<bool, StoreError> {
@@ -147,6 +160,22 @@ impl OrgStore for MemoryStore {
         })
     }
 
+    async fn key_access(&self, org: &OrgId, hash: &str) -> Result<OrgAccess, StoreError> {
+        let inner = self.lock();
+        let Some(record) = inner.orgs.get(org) else {
+            return Ok(OrgAccess::NoSuchOrg);
+        };
+        let party_of_org = inner.keys.get(hash).is_some_and(|k| &k.org == org);
+        Ok(if party_of_org {
+            OrgAccess::Member(Membership {
+                org: record.clone(),
+                role: Role::Member,
+            })
+        } else {
+            OrgAccess::NotMember
+        })
+    }
+
     async fn set_plan(&self, org: &OrgId, plan: &PlanId) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let record = inner
@@ -159,16 +188,54 @@ impl OrgStore for MemoryStore {
 }
 
 #[async_trait]
+impl KeyStore for MemoryStore {
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.keys.contains_key(&key.hash) {
+            return Err(StoreError::Conflict("key"));
+        }
+        inner.keys.insert(key.hash.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.lock().keys.get(hash).cloned())
+    }
+
+    async fn keys_of(&self, org: &OrgId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut keys: Vec<ApiKeyRecord> = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| &k.org == org)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, org: &OrgId, id: &KeyId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.keys.len();
+        inner.keys.retain(|_, k| !(&k.org == org && &k.id == id));
+        Ok(inner.keys.len() < before)
+    }
+
+    async fn touch_key(&self, hash: &str, at: &str) -> Result<(), StoreError> {
+        if let Some(key) = self.lock().keys.get_mut(hash) {
+            key.last_used_at = Some(at.to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl MeterStore for MemoryStore {
     async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
         let mut inner = self.lock();
         if let Some(check) = &a.access {
             let on_plan = inner.orgs.get(&a.org).is_some_and(|o| o.plan == check.plan);
-            let member = inner
-                .memberships
-                .get(&check.user)
-                .is_some_and(|m| m.iter().any(|((_, id), _)| id == &a.org));
-            if !(on_plan && member) {
+            if !(on_plan && inner.acts_for(&check.party, &a.org)) {
                 return Ok(AdmitOutcome::AccessChanged);
             }
         }
@@ -190,6 +257,7 @@ impl MeterStore for MemoryStore {
             return Ok(AdmitOutcome::Admitted {
                 requests_in_window: in_window,
                 holds: counter.holds,
+                committed: counter.committed,
             });
         }
         let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
@@ -207,6 +275,7 @@ impl MeterStore for MemoryStore {
         Ok(AdmitOutcome::Admitted {
             requests_in_window: in_window + 1,
             holds: counter.holds.clone(),
+            committed: counter.committed,
         })
     }
 

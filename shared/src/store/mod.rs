@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::ids::{OrgId, PlanId, UserId};
+use crate::ids::{KeyId, OrgId, PlanId, UserId};
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,7 @@ pub struct OrgRecord {
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
+    Admin,
     Member,
 }
 
@@ -48,6 +49,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",
+            Role::Admin => "admin",
             Role::Member => "member",
         }
     }
@@ -55,10 +57,80 @@ impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
             "member" => Some(Role::Member),
             _ => None,
         }
     }
+
+    /// Whether the role may manage the org (its API keys).
+    pub fn manages(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// Who acts in an org: a user (by their token, with `X-Current-Org`), or one of the org's API
+/// keys (by its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Party {
+    User(UserId),
+    Key(KeyIdentity),
+}
+
+/// An API key as a caller: its id, its hash (how it is looked up), and who created it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyIdentity {
+    pub id: KeyId,
+    pub hash: String,
+    pub created_by: UserId,
+}
+
+impl Party {
+    /// The user a request is recorded under: the caller, or the key's creator.
+    pub fn user(&self) -> &UserId {
+        match self {
+            Party::User(user) => user,
+            Party::Key(key) => &key.created_by,
+        }
+    }
+
+    /// The API key a request was made with, if it was.
+    pub fn key(&self) -> Option<&KeyId> {
+        match self {
+            Party::User(_) => None,
+            Party::Key(key) => Some(&key.id),
+        }
+    }
+}
+
+/// A stored API key: everything but its secret, of which only a keyed hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: KeyId,
+    pub org: OrgId,
+    pub name: String,
+    /// The start of the secret, for people to tell keys apart (`sk-gw-AbC1…`).
+    pub prefix: String,
+    /// Hex HMAC-SHA256 of the secret: how the key is looked up.
+    pub hash: String,
+    pub created_by: UserId,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// Org API keys.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key (its lookup by hash and its place in the org's list, together).
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// The key with this hash, read consistently: a revoked key is gone at once.
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// The org's keys, oldest first.
+    async fn keys_of(&self, org: &OrgId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Deletes the org's key; false if the org has no such key.
+    async fn revoke_key(&self, org: &OrgId, id: &KeyId) -> Result<bool, StoreError>;
+    /// Notes when the key was last used; nothing if it is gone.
+    async fn touch_key(&self, hash: &str, at: &str) -> Result<(), StoreError>;
 }
 
 /// An organisation as one of its members sees it.
@@ -131,6 +203,9 @@ pub trait OrgStore: Send + Sync {
     async fn orgs_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError>;
     /// The organisation and the user's membership in it.
     async fn org_access(&self, org: &OrgId, user: &UserId) -> Result<OrgAccess, StoreError>;
+    /// The organisation and whether the key with this hash is one of its keys (then a
+    /// `Member`; else `NotMember`).
+    async fn key_access(&self, org: &OrgId, hash: &str) -> Result<OrgAccess, StoreError>;
     /// An operator action; `NotFound("organization")` for an unknown org.
     async fn set_plan(&self, org: &OrgId, plan: &PlanId) -> Result<(), StoreError>;
 }
@@ -183,7 +258,7 @@ pub struct Admission {
 /// What a caller assumed about its access to the org it is admitting a request for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessCheck {
-    pub user: UserId,
+    pub party: Party,
     /// The plan whose limits the admission applies.
     pub plan: PlanId,
 }
@@ -196,6 +271,8 @@ pub enum AdmitOutcome {
     Admitted {
         requests_in_window: u64,
         holds: Vec<Hold>,
+        /// The month's `committed` tokens after this admission.
+        committed: u64,
     },
     /// The minute window is full; nothing was written.
     RateLimited { requests_in_window: u64 },
@@ -225,6 +302,8 @@ pub struct RequestRecord {
     pub request_id: String,
     pub org: OrgId,
     pub user: UserId,
+    /// The API key the request was made with, if it was.
+    pub api_key: Option<KeyId>,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -345,8 +424,8 @@ pub trait MeterStore: Send + Sync {
 }
 
 /// Everything the gateway stores, as one object behind each narrow trait.
-pub trait Store: UserStore + OrgStore + MeterStore + JobStore {}
-impl<T: UserStore + OrgStore + MeterStore + JobStore> Store for T {}
+pub trait Store: UserStore + OrgStore + MeterStore + JobStore + KeyStore {}
+impl<T: UserStore + OrgStore + MeterStore + JobStore + KeyStore> Store for T {}
 
 /// The store handles the application holds: the same object seen through each trait.
 #[derive(Clone)]
@@ -355,6 +434,7 @@ pub struct Stores {
     pub orgs: Arc<dyn OrgStore>,
     pub meter: Arc<dyn MeterStore>,
     pub jobs: Arc<dyn JobStore>,
+    pub keys: Arc<dyn KeyStore>,
 }
 
 impl Stores {
@@ -363,7 +443,8 @@ impl Stores {
             users: store.clone(),
             orgs: store.clone(),
             meter: store.clone(),
-            jobs: store,
+            jobs: store.clone(),
+            keys: store,
         }
     }
 }

@@ -15,8 +15,10 @@
 //! | job | `JOB#<job id>` | `JOB` |
 //! | job item | `JOB#<job id>` | `ITEM#<item id>` |
 //! | an org's job | `ORG_JOBS#<org id>` | `<job id>` (UUIDv7: newest sorts last) |
+//! | API key, by its hash | `APIKEY#<hmac of the secret>` | `KEY` |
+//! | an org's API key | `ORG_KEYS#<org id>` | `<key id>` (UUIDv7: oldest first) |
 
-use crate::ids::{JobId, OrgId, UserId};
+use crate::ids::{JobId, KeyId, OrgId, UserId};
 
 /// A `(pk, sk)` pair.
 pub(super) type Key = (String, String);
@@ -105,4 +107,17 @@ pub(super) fn jobs_of(org: &OrgId) -> String {
 
 pub(super) fn org_job(org: &OrgId, job: &JobId) -> Key {
     (jobs_of(org), job.to_string())
+}
+
+pub(super) fn api_key(hash: &str) -> Key {
+    (format!("APIKEY#{hash}"), "KEY".to_owned())
+}
+
+/// The partition listing an org's API keys.
+pub(super) fn keys_of(org: &OrgId) -> String {
+    format!("ORG_KEYS#{org}")
+}
+
+pub(super) fn org_key(org: &OrgId, id: &KeyId) -> Key {
+    (keys_of(org), id.to_string())
 }

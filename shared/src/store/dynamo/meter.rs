@@ -19,9 +19,9 @@ use super::table::{
     applied, back_off, build_error, unavailable, DynamoStore, Transaction, TransactionFailure,
     TTL_ATTRIBUTE,
 };
-use crate::ids::{OrgId, UserId};
+use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
-    Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthCounter, OrgAccess, Outcome,
+    Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthCounter, OrgAccess, Outcome, Party,
     RequestRecord, Settlement, StoreError,
 };
 
@@ -63,6 +63,7 @@ impl TryFrom<&Item> for RequestRecord {
             request_id: get_s(item, "request_id")?.to_owned(),
             org: OrgId::from(get_s(item, "organization_id")?),
             user: UserId::from(get_s(item, "user_id")?),
+            api_key: get_s(item, "api_key_id").ok().map(KeyId::from),
             model: get_s(item, "model")?.to_owned(),
             input_tokens: get_u64(item, "input_tokens")?,
             output_tokens: get_u64(item, "output_tokens")?,
@@ -121,6 +122,9 @@ fn record_item(record: &RequestRecord, month: &str) -> Item {
     );
     if let Some(message) = &record.error_message {
         item.insert("error_message".to_owned(), s(message.as_str()));
+    }
+    if let Some(key) = &record.api_key {
+        item.insert("api_key_id".to_owned(), s(key.as_str()));
     }
     item
 }
@@ -216,10 +220,8 @@ impl DynamoStore {
         let Some(check) = &a.access else {
             return self.take_rate_slot(a).await.map(Some);
         };
-        let (rate, access) = tokio::join!(
-            self.take_rate_slot(a),
-            self.org_access_for(&a.org, &check.user)
-        );
+        let (rate, access) =
+            tokio::join!(self.take_rate_slot(a), self.access_of(&a.org, &check.party));
         let confirmed = match access {
             Ok(OrgAccess::Member(m)) => Ok(m.org.plan == check.plan),
             Ok(_) => Ok(false),
@@ -235,14 +237,17 @@ impl DynamoStore {
         confirmed.map(|_| None)
     }
 
-    async fn org_access_for(&self, org: &OrgId, user: &UserId) -> Result<OrgAccess, StoreError> {
-        crate::store::OrgStore::org_access(self, org, user).await
+    async fn access_of(&self, org: &OrgId, party: &Party) -> Result<OrgAccess, StoreError> {
+        match party {
+            Party::User(user) => crate::store::OrgStore::org_access(self, org, user).await,
+            Party::Key(key) => crate::store::OrgStore::key_access(self, org, &key.hash).await,
+        }
     }
 
     /// The month's message and the request's hold, under both limits, in one conditional update.
     /// Conditions cannot add, so the item keeps `committed` = settled tokens + live holds.
-    /// `Ok(Err(counter))` when a limit refused it (nothing written); the holds after it when in.
-    async fn add_to_month(&self, a: &Admission) -> Result<Result<Vec<Hold>, Item>, StoreError> {
+    /// `Ok(Err(item))` when a limit refused it (nothing written); the counter after it when in.
+    async fn add_to_month(&self, a: &Admission) -> Result<Result<MonthCounter, Item>, StoreError> {
         // The hold's own absence makes the update apply once: if the SDK resends it after a lost
         // answer, the resend is refused and the hold it finds says the first one went through.
         let mut conditions = vec!["attribute_not_exists(#hold)"];
@@ -285,13 +290,12 @@ impl DynamoStore {
         match request.send().metered(&self.metrics, Units::Write).await {
             Ok(out) => Ok(Ok(MonthCounter::try_from(
                 &out.attributes.unwrap_or_default(),
-            )?
-            .holds)),
+            )?)),
             Err(err) => match err.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
                     let old = c.item.clone().unwrap_or_default();
                     if old.contains_key(&hold_name) {
-                        return Ok(Ok(MonthCounter::try_from(&old)?.holds));
+                        return Ok(Ok(MonthCounter::try_from(&old)?));
                     }
                     Ok(Err(old))
                 }
@@ -410,9 +414,10 @@ impl MeterStore for DynamoStore {
             ));
         }
         match self.add_to_month(a).await {
-            Ok(Ok(holds)) => Ok(AdmitOutcome::Admitted {
+            Ok(Ok(counter)) => Ok(AdmitOutcome::Admitted {
                 requests_in_window,
-                holds,
+                holds: counter.holds,
+                committed: counter.committed,
             }),
             Ok(Err(old)) => {
                 self.release_rate_slot(a).await?;

@@ -3,6 +3,7 @@
 //! shaped so. Each part of the store lives in its own file: the table's shared round trips, the
 //! users, the orgs, the meter (limits and settlement) and the jobs.
 
+mod api_keys;
 mod item;
 mod jobs;
 mod keys;

@@ -142,6 +142,29 @@ impl OrgStore for DynamoStore {
         })
     }
 
+    async fn key_access(&self, org: &OrgId, hash: &str) -> Result<OrgAccess, StoreError> {
+        let items = self
+            .batch_get(vec![keys::org(org), keys::api_key(hash)])
+            .await?;
+        let mut record = None;
+        let mut key_org = None;
+        for item in &items {
+            if get_s(item, "sk")? == keys::ORG_SK {
+                record = Some(OrgRecord::try_from(item)?);
+            } else {
+                key_org = Some(OrgId::from(get_s(item, "org_id")?));
+            }
+        }
+        Ok(match record {
+            None => OrgAccess::NoSuchOrg,
+            Some(record) if key_org.as_ref() == Some(org) => OrgAccess::Member(Membership {
+                org: record,
+                role: Role::Member,
+            }),
+            Some(_) => OrgAccess::NotMember,
+        })
+    }
+
     async fn set_plan(&self, org: &OrgId, plan: &PlanId) -> Result<(), StoreError> {
         let set = self
             .client

@@ -1,0 +1,16 @@
+//! Lambda entry point for `POST /v1/chat/completions`: OpenAI's chat completions, streamed with
+//! Lambda response streaming when the body asks for `stream: true`. Every response of this
+//! function, errors and whole answers included, is a streamed body.
+
+use lambda_http::{run_with_streaming_response, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    gateway::telemetry::init_json();
+    let state = gateway::AppState::from_env().await?;
+    run_with_streaming_response(service_fn(|request| {
+        gateway::runtime_api::send_without_delay();
+        gateway::api::openai::chat_completions(&state, request)
+    }))
+    .await
+}

@@ -1,0 +1,275 @@
+"""The OpenAI-compatible surface as its users call it: the official `openai` SDK and LangChain's
+`ChatOpenAI`, pointed at the local server binary (embedded store, simulated providers) with an
+org API key, for every provider behind the gateway.
+
+Needs LOCAL_SERVER_BIN (default: target/debug/local-server); `bash infra/scripts/test.sh` builds it.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from langchain_openai import ChatOpenAI
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ADMIN = "op-token"
+MODELS = ["gemini-1.5-flash", "claude-3-haiku", "gpt-4o-mini"]
+PLANS = """
+[plans.big]
+requests_per_minute = 1000
+messages_per_month = "unlimited"
+tokens_per_month = 1000000000
+max_tokens_per_request = 4096
+models = "all"
+
+[plans.slow]
+requests_per_minute = 1
+messages_per_month = 100
+tokens_per_month = 100000
+max_tokens_per_request = 1024
+models = ["gemini-1.5-flash"]
+
+[plans.spent]
+requests_per_minute = 100
+messages_per_month = 1
+tokens_per_month = 100000
+max_tokens_per_request = 1024
+models = "all"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _call(method, url, body=None, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        return err.code, json.loads(raw) if raw else None
+
+
+class Gateway:
+    def __init__(self, base):
+        self.base = base
+        status, body = _call("POST", f"{base}/api/v1/auth/register",
+                             {"email": "sdk@example.com", "password": "correct horse battery"})
+        assert status == 201, body
+        self.token = body["access_token"]
+
+    def org(self, slug, plan):
+        status, body = _call("POST", f"{self.base}/api/v1/orgs", {"name": slug, "slug": slug}, self.token)
+        assert status == 201, body
+        org = body["id"]
+        status, body = _call("PUT", f"{self.base}/admin/orgs/{org}/plan", {"plan": plan}, ADMIN)
+        assert status == 200, body
+        return org
+
+    def key(self, org, name="sdk"):
+        status, body = _call("POST", f"{self.base}/api/v1/orgs/{org}/api-keys", {"name": name}, self.token)
+        assert status == 201, body
+        assert body["key"].startswith("sk-gw-")
+        return body
+
+    def client(self, key, max_retries=0):
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=max_retries)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    config = tmp_path_factory.mktemp("config") / "gateway.toml"
+    config.write_text(PLANS)
+    binary = Path(os.environ.get("LOCAL_SERVER_BIN", REPO_ROOT / "target" / "debug" / "local-server"))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "JWT_SECRET")}
+    env.update(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN, RUST_LOG="info", NO_COLOR="1")
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"openai-compat-{port}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(binary), "--port", str(port)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"local-server exited: {log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"local-server did not start: {log_path.read_text()}")
+            time.sleep(0.1)
+    yield Gateway(base)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def big(gateway):
+    """An org on a roomy plan with an API key: (org id, key body)."""
+    org = gateway.org("big", "big")
+    return org, gateway.key(org)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_completions_on_every_provider_stream_the_same_text(gateway, big, model):
+    client = gateway.client(big[1]["key"])
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about SQS"}]
+    answer = client.chat.completions.create(model=model, messages=prompt, max_tokens=200)
+    assert answer.object == "chat.completion"
+    assert answer.model == model
+    assert answer.choices[0].finish_reason == "stop"
+    text = answer.choices[0].message.content
+    assert text and answer.choices[0].message.role == "assistant"
+    usage = answer.usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(model=model, messages=prompt, max_tokens=200, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == usage.total_tokens
+    assert all(c.id == chunks[0].id and c.model == model for c in chunks)
+
+
+def test_a_stream_without_include_usage_ends_with_the_finish_chunk(gateway, big):
+    client = gateway.client(big[1]["key"])
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+
+
+def test_models_are_the_plans(gateway, big):
+    client = gateway.client(big[1]["key"])
+    assert sorted(m.id for m in client.models.list()) == sorted(MODELS + ["gemini-1.5-pro"])
+    model = client.models.retrieve("claude-3-haiku")
+    assert (model.id, model.object, model.owned_by) == ("claude-3-haiku", "model", "anthropic")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-5")
+
+
+def test_answers_carry_request_and_rate_limit_headers(gateway, big):
+    client = gateway.client(big[1]["key"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    completion = raw.parse()
+    assert completion.id == f"chatcmpl-{raw.headers['x-request-id']}"
+    assert raw.headers["x-ratelimit-limit-requests"] == "1000"
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) < 1000
+    assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert raw.headers["x-ratelimit-limit-tokens"] == "1000000000"
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) < 1000000000
+
+
+def test_each_error_is_the_sdks_own_exception(gateway, big):
+    client = gateway.client(big[1]["key"])
+    hi = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.AuthenticationError) as bad_key:
+        gateway.client("sk-gw-not-a-key").chat.completions.create(model="gpt-4o-mini", messages=hi)
+    assert bad_key.value.code == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-5", messages=hi)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as two:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi, n=2)
+    assert two.value.param == "n"
+    with pytest.raises(openai.BadRequestError) as seed:
+        client.chat.completions.create(model="claude-3-haiku", messages=hi, seed=1)
+    assert seed.value.param == "seed"
+    with pytest.raises(openai.InternalServerError) as upstream:
+        client.chat.completions.create(model="gpt-4o-mini",
+                                       messages=[{"role": "user", "content": "[sim:status=500] hi"}])
+    assert upstream.value.status_code == 502 and "Provider openai" in upstream.value.message
+
+
+def test_plan_and_limits_answer_as_openai_does(gateway):
+    slow = gateway.org("slow", "slow")
+    client = gateway.client(gateway.key(slow)["key"])
+    hi = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.PermissionDeniedError) as not_in_plan:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    assert "not available in your plan" in not_in_plan.value.message
+    client.chat.completions.create(model="gemini-1.5-flash", messages=hi)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="gemini-1.5-flash", messages=hi)
+    assert limited.value.code == "rate_limit_exceeded"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+
+    spent = gateway.org("spent", "spent")
+    client = gateway.client(gateway.key(spent)["key"])
+    client.chat.completions.create(model="gemini-1.5-flash", messages=hi)
+    with pytest.raises(openai.RateLimitError) as quota:
+        client.chat.completions.create(model="gemini-1.5-flash", messages=hi)
+    assert quota.value.code == "insufficient_quota"
+    assert quota.value.response.headers["x-should-retry"] == "false"
+    # With retries on, the SDK reads x-should-retry and gives up at once.
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError):
+        gateway.client(gateway.key(spent, "retrying")["key"], max_retries=2).chat.completions.create(
+            model="gemini-1.5-flash", messages=hi)
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_revoked_key_stops_at_once(gateway, big):
+    org = big[0]
+    key = gateway.key(org, "short-lived")
+    client = gateway.client(key["key"])
+    hi = [{"role": "user", "content": "Hi"}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    status, listed = _call("GET", f"{gateway.base}/api/v1/orgs/{org}/api-keys", token=gateway.token)
+    assert status == 200
+    mine = next(k for k in listed["keys"] if k["id"] == key["id"])
+    assert "key" not in mine and mine["prefix"] == key["prefix"]
+    status, _ = _call("DELETE", f"{gateway.base}/api/v1/orgs/{org}/api-keys/{key['id']}", token=gateway.token)
+    assert status == 204
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_usage_counts_what_the_keys_spent(gateway):
+    org = gateway.org("metered", "big")
+    client = gateway.client(gateway.key(org)["key"])
+    answer = client.chat.completions.create(model="claude-3-haiku", messages=[{"role": "user", "content": "Hi"}])
+    request = urllib.request.Request(f"{gateway.base}/api/v1/ai/usage",
+                                     headers={"Authorization": f"Bearer {gateway.token}", "X-Current-Org": org})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        report = json.loads(response.read())
+    used = report["models_breakdown"]["claude-3-haiku"]
+    assert used["messages"] == 1
+    assert used["tokens"] == answer.usage.total_tokens
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_langchain_chat_openai_invokes_and_streams(gateway, big, model):
+    chat = ChatOpenAI(model=model, base_url=f"{gateway.base}/v1", api_key=big[1]["key"], max_retries=0)
+    answer = chat.invoke("Tell me about DynamoDB")
+    assert answer.content
+    assert answer.usage_metadata["total_tokens"] > 0
+    streamed = "".join(chunk.content for chunk in chat.stream("Tell me about DynamoDB"))
+    assert streamed == answer.content
