@@ -155,6 +155,19 @@ def test_completions_on_every_provider_stream_the_same_text(gateway, big, model)
     assert all(c.id == chunks[0].id and c.model == model for c in chunks)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_sampling_options_reach_every_provider(gateway, big, model):
+    client = gateway.client(big[1]["key"])
+    options = dict(top_p=0.5, stop=["never-said"], user="end-user-1", temperature=0.2,
+                   max_completion_tokens=64)
+    if model != "claude-3-haiku":
+        options["seed"] = 42
+    answer = client.chat.completions.create(
+        model=model, messages=[{"role": "developer", "content": "Be brief."},
+                               {"role": "user", "content": [{"type": "text", "text": "Hi"}]}], **options)
+    assert answer.choices[0].message.content
+
+
 def test_a_stream_without_include_usage_ends_with_the_finish_chunk(gateway, big):
     client = gateway.client(big[1]["key"])
     chunks = list(client.chat.completions.create(

@@ -287,6 +287,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sampling_options_take_anthropics_names() {
+        let mut request = crate::providers::brief_hi("claude-3-haiku-20240307", None);
+        request.sampling = crate::providers::Sampling {
+            top_p: Some(0.5),
+            stop: vec!["END".into()],
+            seed: None,
+            user: Some("u-1".into()),
+        };
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        assert_eq!(json["top_p"], 0.5);
+        assert_eq!(json["stop_sequences"], serde_json::json!(["END"]));
+        assert_eq!(json["metadata"]["user_id"], "u-1");
+        assert!(json.get("stop").is_none() && json.get("seed").is_none());
+    }
+
+    #[test]
     fn system_prompt_is_top_level_and_temperature_clamped() {
         let request = crate::providers::brief_hi("claude-3-haiku-20240307", Some(1.5));
         let json = serde_json::to_value(request_body(&request)).expect("json");

@@ -287,6 +287,23 @@ impl ChatProvider for Gemini {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_options_go_in_the_generation_config() {
+        let mut request = crate::providers::brief_hi("gemini-2.5-flash", None);
+        request.sampling = crate::providers::Sampling {
+            top_p: Some(0.5),
+            stop: vec!["END".into()],
+            seed: Some(7),
+            user: Some("u-1".into()),
+        };
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        let config = &json["generationConfig"];
+        assert_eq!(config["topP"], 0.5);
+        assert_eq!(config["stopSequences"], serde_json::json!(["END"]));
+        assert_eq!(config["seed"], 7);
+        assert!(json.get("user").is_none());
+    }
     use crate::providers::Turn;
 
     #[test]
