@@ -53,6 +53,8 @@ pub struct Model {
     pub max_tokens: u32,
     pub input_price: NanoUsd,
     pub output_price: NanoUsd,
+    /// The models tried, in order, when this one's provider keeps failing.
+    pub fallbacks: Vec<ModelId>,
 }
 
 impl Model {
@@ -101,6 +103,28 @@ pub struct Catalog {
     pub default_model: ModelId,
     /// The plan a new organisation starts on.
     pub default_plan: PlanId,
+    /// How failed provider calls are retried.
+    pub retries: RetryPolicy,
+}
+
+/// How a provider call that failed transiently is tried again: up to `max_attempts` times per
+/// model, waiting a random time up to `base_delay × 2^attempt` (at most `max_delay`) in between
+/// ("full jitter"), or the provider's `Retry-After` when it gives one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: std::time::Duration,
+    pub max_delay: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            base_delay: std::time::Duration::from_millis(200),
+            max_delay: std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 impl Catalog {
@@ -132,6 +156,7 @@ impl Catalog {
             plans: builtin_plans(),
             default_model: ModelId::from("gemini-1.5-flash"),
             default_plan: PlanId::from("free"),
+            retries: RetryPolicy::default(),
         }
     }
 }
@@ -150,6 +175,7 @@ fn builtin_models() -> BTreeMap<ModelId, Model> {
                 max_tokens,
                 input_price: price(input),
                 output_price: price(output),
+                fallbacks: Vec::new(),
             },
         )
     };

@@ -177,6 +177,24 @@ pub fn check<'a>(
     Ok((model, max_tokens))
 }
 
+/// The models a prepared request may be answered by, in order: its own, then its fallbacks that
+/// the plan allows and that can honour the request (a `seed` rules out Anthropic's).
+pub fn candidates(catalog: &Catalog, plan: &Plan, chat: &PreparedChat) -> Vec<Model> {
+    let honours = |model: &Model| {
+        !(chat.request.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic)
+    };
+    std::iter::once(chat.model.clone())
+        .chain(
+            chat.model
+                .fallbacks
+                .iter()
+                .filter_map(|id| catalog.model(id))
+                .filter(|model| plan.allows(&model.id) && honours(model))
+                .cloned(),
+        )
+        .collect()
+}
+
 /// [`check`], then the request for the model's provider.
 pub fn prepare(
     catalog: &Catalog,

@@ -52,7 +52,13 @@ pub struct ProviderSettings {
     pub anthropic: Endpoint,
     pub google: Endpoint,
     pub connect_timeout: Duration,
+    /// How long one attempt waits for the provider's response headers.
     pub request_timeout: Duration,
+    /// How long a provider's answer may stay silent: between stream events, or before the body.
+    pub idle_timeout: Duration,
+    /// How long a `/chat` request (or a job item) may take in all, retries and fallbacks
+    /// included: under API Gateway's 29 s.
+    pub deadline: Duration,
 }
 
 impl ProviderSettings {
@@ -165,6 +171,8 @@ impl Settings {
                 google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, "GEMINI_API_KEY"),
                 connect_timeout: env_secs("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5)?,
                 request_timeout: env_secs("PROVIDER_TIMEOUT_SECONDS", 25)?,
+                idle_timeout: env_secs("PROVIDER_IDLE_TIMEOUT_SECONDS", 25)?,
+                deadline: env_secs("CHAT_DEADLINE_SECONDS", 27)?,
             },
             catalog,
         })
@@ -191,6 +199,8 @@ impl Settings {
                 google: endpoint(),
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(5),
+                deadline: Duration::from_secs(20),
             },
             catalog: Catalog::builtin(),
         }
@@ -228,6 +238,16 @@ struct ConfigFile {
     models: BTreeMap<String, ModelPatch>,
     #[serde(default)]
     plans: BTreeMap<String, PlanPatch>,
+    retries: Option<RetriesPatch>,
+}
+
+/// `[retries]`: how failed provider calls are tried again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetriesPatch {
+    max_attempts: Option<u32>,
+    base_delay_ms: Option<u64>,
+    max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +259,7 @@ struct ModelPatch {
     max_tokens: Option<u32>,
     input_usd_per_1k: Option<f64>,
     output_usd_per_1k: Option<f64>,
+    fallbacks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,13 +304,14 @@ fn price(field: &str, usd_per_1k: f64) -> Result<NanoUsd, String> {
     NanoUsd::per_token_from_usd_per_1k(usd_per_1k).map_err(|e| format!("{field}: {e}"))
 }
 
-const MODEL_FIELDS: [&str; 6] = [
+const MODEL_FIELDS: [&str; 7] = [
     "name",
     "provider",
     "upstream",
     "max_tokens",
     "input_usd_per_1k",
     "output_usd_per_1k",
+    "fallbacks",
 ];
 
 /// Model ids contain dots (`gemini-1.5-flash`), which TOML reads as nesting unless quoted: an
@@ -341,6 +363,24 @@ pub fn apply_overrides(mut catalog: Catalog, text: &str) -> Result<Catalog, Stri
     if let Some(id) = file.default_plan {
         catalog.default_plan = PlanId::from(id);
     }
+    if let Some(retries) = file.retries {
+        let policy = &mut catalog.retries;
+        if let Some(n) = retries.max_attempts {
+            policy.max_attempts = n;
+        }
+        if let Some(ms) = retries.base_delay_ms {
+            policy.base_delay = std::time::Duration::from_millis(ms);
+        }
+        if let Some(ms) = retries.max_delay_ms {
+            policy.max_delay = std::time::Duration::from_millis(ms);
+        }
+        if policy.max_attempts == 0 || policy.base_delay > policy.max_delay {
+            return Err(
+                "retries: max_attempts must be positive and base_delay_ms at most max_delay_ms"
+                    .into(),
+            );
+        }
+    }
     validate(&catalog)?;
     Ok(catalog)
 }
@@ -369,6 +409,9 @@ fn apply_model(catalog: &mut Catalog, id: String, patch: ModelPatch) -> Result<(
             if let Some(v) = patch.output_usd_per_1k {
                 model.output_price = price(&format!("{at}.output_usd_per_1k"), v)?;
             }
+            if let Some(v) = patch.fallbacks {
+                model.fallbacks = v.into_iter().map(ModelId::from).collect();
+            }
             model
         }
         None => {
@@ -391,6 +434,12 @@ fn apply_model(catalog: &mut Catalog, id: String, patch: ModelPatch) -> Result<(
                         .output_usd_per_1k
                         .ok_or_else(|| missing("output_usd_per_1k"))?,
                 )?,
+                fallbacks: patch
+                    .fallbacks
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(ModelId::from)
+                    .collect(),
             }
         }
     };
@@ -482,6 +531,18 @@ fn validate(catalog: &Catalog) -> Result<(), String> {
             catalog.default_plan
         ));
     }
+    for model in catalog.models.values() {
+        if let Some(unknown) = model
+            .fallbacks
+            .iter()
+            .find(|id| !catalog.models.contains_key(*id) || **id == model.id)
+        {
+            return Err(format!(
+                "models.{}.fallbacks names {unknown}, which is not another model of the catalog",
+                model.id
+            ));
+        }
+    }
     for plan in catalog.plans.values() {
         if let ModelSet::Only(ids) = &plan.models {
             if let Some(unknown) = ids.iter().find(|id| !catalog.models.contains_key(*id)) {
@@ -506,6 +567,35 @@ mod tests {
     #[test]
     fn an_empty_file_keeps_the_builtin_catalog() {
         assert_eq!(apply(""), Ok(Catalog::builtin()));
+    }
+
+    #[test]
+    fn retries_and_fallbacks_are_data() {
+        let catalog = apply(
+            "[retries]\nmax_attempts = 5\nbase_delay_ms = 50\nmax_delay_ms = 400\n\n\
+             [models.gpt-4o-mini]\nfallbacks = [\"claude-3-haiku\", \"gemini-1.5-flash\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(catalog.retries.max_attempts, 5);
+        assert_eq!(catalog.retries.base_delay, Duration::from_millis(50));
+        assert_eq!(catalog.retries.max_delay, Duration::from_millis(400));
+        let model = catalog.model(&ModelId::from("gpt-4o-mini")).expect("model");
+        assert_eq!(
+            model.fallbacks,
+            vec![
+                ModelId::from("claude-3-haiku"),
+                ModelId::from("gemini-1.5-flash")
+            ]
+        );
+        for bad in [
+            "[models.gpt-4o-mini]\nfallbacks = [\"gpt-9\"]\n",
+            "[models.gpt-4o-mini]\nfallbacks = [\"gpt-4o-mini\"]\n",
+            "[retries]\nmax_attempts = 0\n",
+            "[retries]\nbase_delay_ms = 5000\n",
+            "[retries]\nattempts = 2\n",
+        ] {
+            assert!(apply(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -416,7 +416,6 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
         Ok(admitted) => admitted,
         Err(err) => return refused(&claimed, message, err, unix).await,
     };
-    let model = admitted.chat().model.id.to_string();
     let answered = admitted
         .complete_item(
             metered::ItemAttempt {
@@ -424,7 +423,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
                 item: claimed.item.clone(),
                 attempt: claimed.attempt.clone(),
             },
-            |response, cost| result_json(response, model, cost),
+            |response, cost, model| result_json(response, model.to_string(), cost),
         )
         .await;
     // The answer is stored and charged in one write: an item is charged exactly when it is

@@ -18,6 +18,7 @@ pub mod metered;
 pub mod money;
 pub mod providers;
 pub mod queue;
+pub mod resilience;
 pub mod runtime_api;
 pub mod secret;
 pub mod state;

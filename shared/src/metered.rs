@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::access;
-use crate::catalog::Plan;
+use crate::catalog::{Model, Plan};
 use crate::chat::{self, ChatInput, PreparedChat};
 use crate::error::{GatewayError, PlanError};
 use crate::ids::OrgId;
 use crate::limits::{self, RateStatus, Ticket, TokenStatus, Verdict};
 use crate::money::NanoUsd;
 use crate::providers::{ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
+use crate::resilience::{self, Ask, Attempts, Reply};
 use crate::state::AppState;
 use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, Party, StoreError};
 use crate::usage::{self, Ending, Times};
@@ -117,6 +118,7 @@ async fn admit_prepared(
             Verdict::Admitted(ticket) => ticket,
         };
         chat.request.max_tokens = ticket.max_tokens;
+        let models = chat::candidates(&state.catalog, &plan, &chat);
         Ok(Ok(Admitted {
             call: Some(Call {
                 state,
@@ -124,7 +126,9 @@ async fn admit_prepared(
                 org,
                 chat,
                 ticket,
+                models,
                 called_at: None,
+                attempts: Attempts::default(),
             }),
         }))
     });
@@ -148,21 +152,37 @@ struct Call {
     org: OrgId,
     chat: PreparedChat,
     ticket: Ticket,
+    /// The models to ask, in order: the admitted one, then its fallbacks the plan allows.
+    models: Vec<Model>,
     /// When the provider was asked: from then on it may have done work worth charging.
     called_at: Option<Instant>,
+    attempts: Attempts,
 }
 
 impl Call {
+    /// The model that answered, or the admitted one until one did.
+    fn served(&self) -> &Model {
+        self.attempts
+            .answered_by
+            .as_ref()
+            .unwrap_or(&self.chat.model)
+    }
+
     fn settlement(&self, ending: Ending) -> crate::store::Settlement {
         let times = Times {
             now: self.state.clock.now(),
             took: self.called_at.map_or(Duration::ZERO, |at| at.elapsed()),
             retention: self.state.request_retention,
         };
+        let served = usage::Served {
+            model: self.served(),
+            requested: &self.chat.model.id,
+            attempts: self.attempts.made,
+        };
         usage::settlement(
             &self.ticket,
             (&self.org, &self.party),
-            &self.chat.model,
+            served,
             ending,
             times,
         )
@@ -223,24 +243,31 @@ impl Admitted {
         &self.call().ticket.request_id
     }
 
-    /// The price of `usage` on the admitted model.
+    /// The price of `usage` on the model that answered (the admitted one until one did).
     pub fn cost(&self, usage: Usage) -> NanoUsd {
-        self.chat()
-            .model
+        self.call()
+            .served()
             .cost(usage.input_tokens, usage.output_tokens)
     }
 
+    /// The public id of the model that answered (the admitted one until one did).
+    pub fn model(&self) -> &crate::ids::ModelId {
+        &self.call().served().id
+    }
+
     /// Calls the provider for the whole answer, then settles: the usage it reports (never more
-    /// than the hold) on success, the message given back on failure.
-    pub async fn complete(mut self) -> Result<ChatResponse, ProviderError> {
+    /// than the hold) on success, the message given back on failure. Gives the answer and the
+    /// model that gave it, which a fallback may have been.
+    pub async fn complete(mut self) -> Result<(ChatResponse, crate::ids::ModelId), ProviderError> {
         match self.ask().await {
             Ok(response) => {
+                let model = self.model().clone();
                 self.settle(Ending::Answered {
                     usage: response.usage,
                     note: None,
                 })
                 .await;
-                Ok(response)
+                Ok((response, model))
             }
             Err(err) => {
                 self.settle(Ending::Failed(err.to_string())).await;
@@ -249,31 +276,51 @@ impl Admitted {
         }
     }
 
-    /// Calls the provider for the whole answer without settling; its usage is bounded by the hold.
-    async fn ask(&mut self) -> Result<ChatResponse, ProviderError> {
+    /// Asks the providers (the model, retried, then its fallbacks) within the call's deadline.
+    async fn reply(&mut self, ask: Ask, deadline: Instant) -> Result<Reply, ProviderError> {
         let call = self
             .call
             .as_mut()
             .expect("an Admitted is consumed by settling, so it is never seen settled");
         let started = Instant::now();
         call.called_at = Some(started);
-        let (chat, state) = (&call.chat, &call.state);
-        let response = state
-            .providers
-            .get(chat.model.provider)
-            .complete(&chat.request)
-            .await;
+        let state = &call.state;
+        let reply = resilience::call(
+            &state.providers,
+            &state.catalog.retries,
+            (&call.models, &call.chat.request),
+            ask,
+            deadline,
+            &mut call.attempts,
+        )
+        .await;
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match response {
-            Ok(mut response) => {
-                response.usage = usage::bounded(response.usage, &call.ticket);
-                tracing::info!(model = %chat.model.id, provider = %chat.model.provider, input_tokens = response.usage.input_tokens, output_tokens = response.usage.output_tokens, duration_ms = took_ms, "chat answered");
-                Ok(response)
+        let (requested, served) = (&call.chat.model.id, &call.served().id);
+        match &reply {
+            Ok(_) => {
+                tracing::info!(request_id = %call.ticket.request_id, model = %requested, served_by = %served, attempts = call.attempts.made, duration_ms = took_ms, "provider answered")
             }
             Err(err) => {
-                tracing::warn!(model = %chat.model.id, provider = %chat.model.provider, duration_ms = took_ms, error = %err, "provider failed");
-                Err(err)
+                tracing::warn!(request_id = %call.ticket.request_id, model = %requested, attempts = call.attempts.made, duration_ms = took_ms, error = %err, "every provider attempt failed")
             }
+        }
+        reply
+    }
+
+    /// The whole answer, its usage bounded by the hold; not settled.
+    async fn ask(&mut self) -> Result<ChatResponse, ProviderError> {
+        let deadline = Instant::now() + self.call().state.deadline;
+        match self.reply(Ask::Whole, deadline).await? {
+            Reply::Whole(mut response) => {
+                response.usage = usage::bounded(response.usage, &self.call().ticket);
+                Ok(response)
+            }
+            Reply::Stream(_) => Err(ProviderError::new(
+                self.call().served().provider,
+                crate::providers::ProviderErrorKind::InvalidResponse(
+                    "a stream, not an answer".into(),
+                ),
+            )),
         }
     }
 
@@ -283,7 +330,7 @@ impl Admitted {
     pub async fn complete_item(
         mut self,
         item: ItemAttempt,
-        result_of: impl FnOnce(&ChatResponse, NanoUsd) -> String,
+        result_of: impl FnOnce(&ChatResponse, NanoUsd, &crate::ids::ModelId) -> String,
     ) -> ItemAnswer {
         let response = match self.ask().await {
             Ok(response) => response,
@@ -305,7 +352,7 @@ impl Admitted {
             item: item.item,
             attempt: item.attempt,
             status: ItemStatus::Succeeded,
-            result: Some(result_of(&response, cost)),
+            result: Some(result_of(&response, cost, &call.served().id)),
             error: None,
         });
         // The write runs on its own task, so it is done even if the worker stops waiting.
@@ -334,46 +381,32 @@ impl Admitted {
         })
     }
 
-    /// Opens the provider's stream and waits for its first event, so that a provider refusing
-    /// before any output (an HTTP error, or an error as its first event) is settled as a failure
-    /// and answered as a plain error. Waits no longer than `deadline`.
+    /// Opens a provider's stream and waits for its first event, retrying and falling back as a
+    /// whole answer would, so that a provider failing before any output (an HTTP error, or an
+    /// error as its first event) is retried, or settled as a failure and answered as a plain
+    /// error. Gives up at `deadline`.
     pub async fn open_stream(
         mut self,
         deadline: Instant,
     ) -> Result<MeteredStream, (ProviderError, RateStatus)> {
         let rate = self.rate();
-        let call = self
-            .call
-            .as_mut()
-            .expect("an Admitted is consumed by settling, so it is never seen settled");
-        call.called_at = Some(Instant::now());
-        let provider = call.state.providers.get(call.chat.model.provider);
-        let opened = provider.stream(&call.chat.request).await;
-        let mut events = match opened {
-            Ok(events) => events,
+        match self.reply(Ask::Stream, deadline).await {
+            Ok(Reply::Stream(events)) => Ok(MeteredStream::new(self, events)),
+            Ok(Reply::Whole(_)) => {
+                let err = ProviderError::new(
+                    self.call().served().provider,
+                    crate::providers::ProviderErrorKind::InvalidResponse(
+                        "an answer, not a stream".into(),
+                    ),
+                );
+                self.settle(Ending::Failed(err.to_string())).await;
+                Err((err, rate))
+            }
             Err(err) => {
                 self.settle(Ending::Failed(err.to_string())).await;
-                return Err((err, rate));
+                Err((err, rate))
             }
-        };
-        let first = tokio::select! {
-            first = events.next() => first,
-            () = tokio::time::sleep_until(deadline.into()) => None,
-        };
-        let first = match first {
-            Some(Err(err)) => {
-                self.settle(Ending::Failed(err.to_string())).await;
-                return Err((err, rate));
-            }
-            first => first,
-        };
-        let events: ChatStream = match first {
-            Some(event) => Box::pin(futures::stream::iter([event]).chain(events)),
-            // Ended without a single event (or the deadline came first): never poll an ended
-            // stream again.
-            None => Box::pin(events.fuse()),
-        };
-        Ok(MeteredStream::new(self, events))
+        }
     }
 
     /// Settles the call as `ending`, once. The write runs on its own task, so it is done even if
@@ -484,6 +517,11 @@ impl MeteredStream {
 
     pub fn tokens(&self) -> Option<TokenStatus> {
         self.admitted.tokens()
+    }
+
+    /// The public id of the model whose stream this is (a fallback's, perhaps).
+    pub fn model(&self) -> &crate::ids::ModelId {
+        self.admitted.model()
     }
 
     pub fn request_id(&self) -> &str {

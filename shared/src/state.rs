@@ -29,6 +29,8 @@ pub struct AppState {
     pub access: Arc<AccessCache>,
     /// Hashes the API keys callers present.
     pub key_hasher: KeyHasher,
+    /// How long a whole answer (not a stream) may take in all, retries and fallbacks included.
+    pub deadline: std::time::Duration,
 }
 
 /// Why a function could not start.
@@ -53,6 +55,7 @@ impl AppState {
             jobs_max_receives: settings.jobs_max_receives,
             access: Arc::new(AccessCache::new()),
             key_hasher: KeyHasher::new(&settings.jwt_secret),
+            deadline: settings.providers.deadline,
         })
     }
 

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use crate::catalog::{Model, Plan};
 use crate::clock;
 use crate::error::GatewayError;
-use crate::ids::{OrgId, UserId};
+use crate::ids::{ModelId, OrgId, UserId};
 use crate::limits::Ticket;
 use crate::money::NanoUsd;
 use crate::providers::Usage;
@@ -129,14 +129,24 @@ pub fn estimated(
     }
 }
 
+/// Which model served a request, which one it asked for, and how many provider calls it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// The model that answered (or was last tried): its price is what the request costs.
+    pub model: &'a Model,
+    pub requested: &'a ModelId,
+    pub attempts: u32,
+}
+
 /// The settlement of an admitted request that ended as `ending`.
 pub fn settlement(
     ticket: &Ticket,
     (org, party): (&OrgId, &Party),
-    model: &Model,
+    served: Served<'_>,
     ending: Ending,
     times: Times,
 ) -> Settlement {
+    let model = served.model;
     let (outcome, used, error_message) = match ending {
         Ending::Answered { usage, note } => (Outcome::Success, bounded(usage, ticket), note),
         Ending::Failed(why) => (Outcome::Failed, Usage::default(), Some(why)),
@@ -159,6 +169,8 @@ pub fn settlement(
             user: party.user().clone(),
             api_key: party.key().cloned(),
             model: model.id.to_string(),
+            requested_model: served.requested.to_string(),
+            attempts: served.attempts,
             input_tokens: used.input_tokens,
             output_tokens: used.output_tokens,
             duration_ms: u64::try_from(times.took.as_millis()).unwrap_or(u64::MAX),
@@ -193,6 +205,8 @@ pub fn abandonment(org: &OrgId, month: &str, hold: &Hold, times: Times) -> Settl
             user: UserId::from("unknown"),
             api_key: None,
             model: hold.model.clone(),
+            requested_model: hold.model.clone(),
+            attempts: 0,
             input_tokens: 0,
             output_tokens: 0,
             duration_ms: 0,

@@ -248,6 +248,8 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
             user: record.user.clone(),
             api_key: None,
             model: "gemini-1.5-flash".to_owned(),
+            requested_model: "gemini-1.5-flash".to_owned(),
+            attempts: 1,
             input_tokens: 10,
             output_tokens: 20,
             duration_ms: 5,

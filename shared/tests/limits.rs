@@ -130,10 +130,15 @@ async fn settle(
         took: Duration::from_millis(5),
         retention: RETENTION,
     };
+    let model = chat(1).model;
     let settlement = usage::settlement(
         ticket,
         (org, &Party::User(UserId::from("user-1"))),
-        &chat(1).model,
+        usage::Served {
+            model: &model,
+            requested: &model.id,
+            attempts: 1,
+        },
         ending,
         times,
     );

@@ -61,7 +61,17 @@ async fn lying_upstream() -> String {
 /// whose owner is the returned user.
 async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppState, OrgId, Party) {
     let settings = Settings::local(SECRET, upstream, Some("sk-test"));
-    let state = AppState::new(&settings, Stores::from(store.clone())).expect("state");
+    gateway_on(store, &settings, "pro").await
+}
+
+/// The gateway's state over `store` with `settings`, and an org on `plan` whose owner is the
+/// returned party.
+async fn gateway_on<S: Store + 'static>(
+    store: &Arc<S>,
+    settings: &Settings,
+    plan: &str,
+) -> (AppState, OrgId, Party) {
+    let state = AppState::new(settings, Stores::from(store.clone())).expect("state");
     let owner = UserId::generate();
     let org = common::org(
         &format!("m-{}", &OrgId::generate().as_str()[..8]),
@@ -73,7 +83,7 @@ async fn gateway<S: Store + 'static>(store: &Arc<S>, upstream: &str) -> (AppStat
         .await
         .expect("org");
     store
-        .set_plan(&org.id, &PlanId::from("pro"))
+        .set_plan(&org.id, &PlanId::from(plan))
         .await
         .expect("plan");
     (state, org.id, Party::User(owner))
@@ -172,7 +182,7 @@ async fn over_reported_usage_is_bounded_by_the_hold<S: Store + 'static>(store: A
         .committed;
 
     // WHEN it answers
-    let answer = admitted.complete().await.expect("answered");
+    let (answer, _) = admitted.complete().await.expect("answered");
 
     // THEN the usage counted is what the request held, never more: the output its max_tokens,
     // the input the rest of its hold

@@ -24,6 +24,8 @@ fn settings(base_url: &str, timeout: Duration) -> ProviderSettings {
         google: endpoint(),
         connect_timeout: Duration::from_secs(2),
         request_timeout: timeout,
+        idle_timeout: timeout,
+        deadline: timeout,
     }
 }
 

@@ -248,8 +248,10 @@ pub(crate) async fn messages(
     );
 
     tokio::time::sleep(script.latency).await;
-    match script.outcome(stream) {
-        Outcome::Fail(status) => return ApiError::simulated(status).into_response(),
+    match state.outcome(&script, stream) {
+        Outcome::Fail(status) => {
+            return crate::failed(ApiError::simulated(status).into_response(), &script)
+        }
         Outcome::Drop => return crate::drop_connection(&extensions),
         Outcome::Answer => {}
     }

@@ -17,6 +17,11 @@
 //! | `[sim:cut=N]` | stream N tokens then drop the connection; non-streaming: drop at once |
 //! | `[sim:fail=N]` | stream N tokens then the provider's in-stream error event |
 //! | `[sim:echo]` | answer with the prompt itself, directives removed |
+//! | `[sim:flaky=N]`, `[sim:flaky=N:STATUS]` | fail the first N attempts of the same request with 503 (or STATUS) |
+//! | `[sim:retry_after=S]` | error answers carry `Retry-After: S` |
+//!
+//! A directive suffixed `@openai`, `@anthropic` or `@gemini` (`[sim:status=503@openai]`) applies
+//! only to requests arriving in that provider's protocol.
 
 use std::{
     sync::{
@@ -85,6 +90,16 @@ pub(crate) enum Provider {
 }
 
 impl Provider {
+    /// The provider a directive's `@name` suffix names.
+    pub fn named(name: &str) -> Option<Provider> {
+        match name {
+            "openai" => Some(Self::OpenAi),
+            "anthropic" => Some(Self::Anthropic),
+            "gemini" => Some(Self::Gemini),
+            _ => None,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::OpenAi => "OpenAI",
@@ -100,6 +115,8 @@ struct AppState {
     config: SimulatorConfig,
     /// Makes response ids unique within a run while keeping them reproducible.
     sequence: AtomicU64,
+    /// How many times each request (by [`script::Script::key`]) was seen, for `[sim:flaky]`.
+    attempts: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 impl AppState {
@@ -109,6 +126,30 @@ impl AppState {
         let hash = script::Fnv::new().write(seed).finish();
         format!("{hash:016x}{sequence:08x}")
     }
+
+    /// What to do with a request once its latency passed: `[sim:flaky]` first, then the script.
+    fn outcome(&self, script: &script::Script, stream: bool) -> script::Outcome {
+        if let Some((times, status)) = script.flaky {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = attempts.entry(script.key).or_insert(0);
+            *seen += 1;
+            if *seen <= times {
+                return script::Outcome::Fail(status);
+            }
+        }
+        script.outcome(stream)
+    }
+}
+
+/// A simulated error answer, with `Retry-After` when the script asks for it.
+fn failed(mut response: Response, script: &script::Script) -> Response {
+    if let Some(seconds) = script.retry_after {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+    }
+    response
 }
 
 /// Requests are whole conversations; real providers accept tens of megabytes.
@@ -119,6 +160,7 @@ pub fn router(config: SimulatorConfig) -> Router {
     let state = Arc::new(AppState {
         config,
         sequence: AtomicU64::new(0),
+        attempts: std::sync::Mutex::default(),
     });
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))

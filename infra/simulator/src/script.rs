@@ -30,6 +30,11 @@ pub struct Directives {
     pub fail_after: Option<usize>,
     /// `[sim:echo]`: answer with the prompt itself.
     pub echo: bool,
+    /// `[sim:flaky=N]` or `[sim:flaky=N:STATUS]`: fail the first N attempts of the same request
+    /// with 503 (or STATUS).
+    pub flaky: Option<(u32, u16)>,
+    /// `[sim:retry_after=S]`: error answers carry `Retry-After: S`.
+    pub retry_after: Option<u64>,
 }
 
 /// Splits `text` into its directives and the text with every recognised directive removed.
@@ -39,6 +44,13 @@ pub struct Directives {
 /// directive but is not a known one with a valid value stays in the text, so a typo shows up
 /// in the answer instead of being silently ignored.
 pub fn parse_directives(text: &str) -> (Directives, String) {
+    parse_directives_for(text, None)
+}
+
+/// As [`parse_directives`], for a request that arrived in `provider`'s protocol: a directive
+/// suffixed `@openai`, `@anthropic` or `@gemini` applies only to requests in that protocol (it is
+/// removed from the text either way).
+pub fn parse_directives_for(text: &str, provider: Option<Provider>) -> (Directives, String) {
     const OPEN: &str = "[sim:";
     let mut directives = Directives::default();
     let mut stripped = String::with_capacity(text.len());
@@ -50,7 +62,22 @@ pub fn parse_directives(text: &str) -> (Directives, String) {
         };
         let body = &after_open[..end];
         let consumed = start + OPEN.len() + end + 1;
-        if apply(&mut directives, body) {
+        // An unknown suffix leaves the body whole, so the directive reads as a typo.
+        let (body, target) = match body.rsplit_once('@') {
+            Some((inner, target)) => match Provider::named(target.trim()) {
+                Some(target) => (inner, Some(target)),
+                None => (body, None),
+            },
+            None => (body, None),
+        };
+        let mut elsewhere = Directives::default();
+        let applies = target.is_none() || target == provider;
+        let into = if applies {
+            &mut directives
+        } else {
+            &mut elsewhere
+        };
+        if apply(into, body) {
             stripped.push_str(&rest[..start]);
         } else {
             stripped.push_str(&rest[..consumed]);
@@ -79,6 +106,14 @@ fn apply(directives: &mut Directives, body: &str) -> bool {
             Ok(status @ 400..=599) => directives.status = Some(status),
             _ => return false,
         },
+        ("retry_after", Some(v)) => return set(&mut directives.retry_after, v),
+        ("flaky", Some(v)) => {
+            let (times, status) = v.split_once(':').unwrap_or((v, "503"));
+            match (times.parse::<u32>(), status.parse::<u16>()) {
+                (Ok(times), Ok(status @ 400..=599)) => directives.flaky = Some((times, status)),
+                _ => return false,
+            }
+        }
         _ => return false,
     }
     true
@@ -140,6 +175,12 @@ pub struct Script {
     pub status: Option<u16>,
     pub cut_after: Option<usize>,
     pub fail_after: Option<usize>,
+    /// Fail the first N attempts of this same request with this status.
+    pub flaky: Option<(u32, u16)>,
+    /// Seconds an error answer tells the client to wait.
+    pub retry_after: Option<u64>,
+    /// The request, for counting its attempts: its protocol, model and every input.
+    pub key: u64,
     /// The answer, one output token per entry; their concatenation is the answer text.
     pub tokens: Vec<String>,
     pub finish: Finish,
@@ -149,7 +190,7 @@ pub struct Script {
 impl Script {
     /// Plans the answer to `turn`: directives in the prompt win over the global config.
     pub fn new(config: &SimulatorConfig, turn: &Turn<'_>) -> Self {
-        let (directives, prompt) = parse_directives(turn.prompt);
+        let (directives, prompt) = parse_directives_for(turn.prompt, Some(turn.provider));
         let tokens_per_second = directives
             .tokens_per_second
             .unwrap_or(config.tokens_per_second);
@@ -181,6 +222,16 @@ impl Script {
             status: directives.status.or(config.status),
             cut_after: directives.cut_after.or(config.cut_after),
             fail_after: directives.fail_after.or(config.fail_after),
+            flaky: directives.flaky,
+            retry_after: directives.retry_after,
+            key: turn
+                .inputs
+                .iter()
+                .fold(
+                    Fnv::new().write(turn.provider.label()).write(turn.model),
+                    |h, input| h.write(input),
+                )
+                .finish(),
             tokens,
             finish,
             input_tokens: input_tokens(&turn.inputs),
@@ -430,6 +481,31 @@ fn xorshift(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flaky_retry_after_and_provider_suffixes_are_read() {
+        let (d, text) = parse_directives("[sim:flaky=2][sim:retry_after=3] hi");
+        assert_eq!(
+            (d.flaky, d.retry_after, text.as_str()),
+            (Some((2, 503)), Some(3), " hi")
+        );
+        let (d, _) = parse_directives("[sim:flaky=1:529]");
+        assert_eq!(d.flaky, Some((1, 529)));
+        let prompt = "[sim:status=503@openai][sim:latency_ms=5@gemini] hi";
+        let (openai, text) = parse_directives_for(prompt, Some(Provider::OpenAi));
+        assert_eq!(
+            (openai.status, openai.latency_ms, text.as_str()),
+            (Some(503), None, " hi")
+        );
+        let (gemini, text) = parse_directives_for(prompt, Some(Provider::Gemini));
+        assert_eq!(
+            (gemini.status, gemini.latency_ms, text.as_str()),
+            (None, Some(5), " hi")
+        );
+        let (typo, text) = parse_directives("[sim:flaky=x] [sim:status=503@nobody]");
+        assert_eq!(typo, Directives::default());
+        assert_eq!(text, "[sim:flaky=x] [sim:status=503@nobody]");
+    }
 
     fn turn<'a>(prompt: &'a str, max_tokens: Option<u32>) -> Turn<'a> {
         Turn {

@@ -280,9 +280,12 @@ async fn chat_inner(state: &AppState, request: &Request) -> Result<HttpResponse,
         Ok(())
     });
     let admitted = metered::admit(state, &party, org, input).await?;
-    let (rate, model) = (admitted.rate(), admitted.chat().model.id.to_string());
+    let rate = admitted.rate();
     let mut response = match admitted.complete().await {
-        Ok(answer) => json(StatusCode::OK, &chat::ChatAnswer::from_parts(answer, model)),
+        Ok((answer, model)) => json(
+            StatusCode::OK,
+            &chat::ChatAnswer::from_parts(answer, model.to_string()),
+        ),
         Err(err) => respond::error(err.into()),
     };
     respond::rate_headers(&mut response, rate);

@@ -51,7 +51,7 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
         Err(err) => (Err(err), None),
     };
     let admitted = metered::admit(state, &party, org, input).await?;
-    let answer = Answer {
+    let mut answer = Answer {
         id: format!("chatcmpl-{}", admitted.request_id()),
         created: state.clock.now().unix_timestamp(),
         model: admitted.chat().model.id.to_string(),
@@ -62,7 +62,10 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
     let Some(include_usage) = stream else {
         let result = admitted.complete().await;
         let mut response = match result {
-            Ok(response) => respond::json(StatusCode::OK, &answer.completion(response)),
+            Ok((response, model)) => {
+                answer.model = model.to_string();
+                respond::json(StatusCode::OK, &answer.completion(response))
+            }
             Err(err) => error(err.into(), &answer.id["chatcmpl-".len()..]),
         };
         response.headers_mut().extend(headers);
@@ -70,15 +73,15 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
     };
     let deadline = stream_deadline(request, Instant::now());
     match admitted.open_stream(deadline).await {
-        Ok(opened) => event_stream(
-            opened,
-            Chunks {
+        Ok(opened) => {
+            // The model that answered, which a fallback may have been.
+            answer.model = opened.model().to_string();
+            let chunks = Chunks {
                 answer,
                 include_usage,
-            },
-            deadline,
-            &headers,
-        ),
+            };
+            event_stream(opened, chunks, deadline, &headers)
+        }
         Err((err, _)) => {
             let mut response = error(err.into(), &answer.id["chatcmpl-".len()..]);
             response.headers_mut().extend(headers);

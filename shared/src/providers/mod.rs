@@ -120,7 +120,12 @@ pub enum ProviderErrorKind {
     #[error("could not be reached: {0}")]
     Unreachable(String),
     #[error("returned HTTP {status}: {message}")]
-    Upstream { status: u16, message: String },
+    Upstream {
+        status: u16,
+        message: String,
+        /// How long the provider asked to be left alone (`retry-after-ms`, `retry-after`).
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("sent a response the gateway could not read: {0}")]
     InvalidResponse(String),
     /// The stream broke off: cut, or an error event mid-stream.
@@ -147,6 +152,54 @@ impl ProviderError {
             _ => StatusCode::BAD_GATEWAY,
         }
     }
+
+    /// Whether the same call may well succeed if made again: timeouts, connections that failed or
+    /// broke, and the statuses providers answer when busy or briefly down (408, 429, 500, 502,
+    /// 503, 504, Anthropic's 529 "overloaded"). Never another 4xx: retrying a request the provider
+    /// refused as invalid cannot help.
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            ProviderErrorKind::Timeout
+            | ProviderErrorKind::Unreachable(_)
+            | ProviderErrorKind::Interrupted(_) => true,
+            ProviderErrorKind::Upstream { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529)
+            }
+            ProviderErrorKind::NotConfigured(_) | ProviderErrorKind::InvalidResponse(_) => false,
+        }
+    }
+
+    /// Whether another model may answer where this one's provider could not: any failure of the
+    /// provider itself, but not a request it refused as invalid (400, 413, 422), which another
+    /// provider would refuse too.
+    pub fn worth_a_fallback(&self) -> bool {
+        !matches!(
+            self.kind,
+            ProviderErrorKind::Upstream {
+                status: 400 | 413 | 422,
+                ..
+            }
+        )
+    }
+
+    /// The wait the provider asked for, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.kind {
+            ProviderErrorKind::Upstream { retry_after, .. } => retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The wait an error answer asks for: `retry-after-ms` (OpenAI, Anthropic), else `retry-after`
+/// in seconds (an HTTP date is not honoured).
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let value = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+    let seconds = value("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| value("retry-after"))?;
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| std::time::Duration::from_secs_f64(seconds.min(3600.0)))
 }
 
 /// One piece of a streamed answer.
@@ -187,7 +240,10 @@ pub(crate) struct Upstream {
     pub http: reqwest::Client,
     pub base_url: String,
     pub key: Option<Secret>,
-    pub timeout: std::time::Duration,
+    /// How long to wait for the response headers.
+    pub first_byte: std::time::Duration,
+    /// How long a response body may stay silent (between stream events, or before the body).
+    pub idle: std::time::Duration,
 }
 
 impl Upstream {
@@ -235,18 +291,18 @@ impl Upstream {
         request: reqwest::RequestBuilder,
         message_of: fn(&serde_json::Value) -> Option<String>,
     ) -> Result<T, ProviderError> {
-        let response = request
-            .timeout(self.timeout)
-            .send()
+        let response = tokio::time::timeout(self.first_byte, request.send())
             .await
+            .map_err(|_| self.error(ProviderErrorKind::Timeout))?
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let body = response
-            .bytes()
+        let wait = retry_after(response.headers());
+        let body = tokio::time::timeout(self.idle, response.bytes())
             .await
+            .map_err(|_| self.error(ProviderErrorKind::Timeout))?
             .map_err(|e| self.transport_error(e))?;
         if !status.is_success() {
-            return Err(self.refused(status, &body, message_of));
+            return Err(self.refused(status, &body, message_of, wait));
         }
         serde_json::from_slice(&body)
             .map_err(|e| self.error(ProviderErrorKind::InvalidResponse(e.to_string())))
@@ -263,17 +319,18 @@ impl Upstream {
         message_of: fn(&serde_json::Value) -> Option<String>,
         parser: impl StreamParser,
     ) -> Result<ChatStream, ProviderError> {
-        let response = tokio::time::timeout(self.timeout, request.send())
+        let response = tokio::time::timeout(self.first_byte, request.send())
             .await
             .map_err(|_| self.error(ProviderErrorKind::Timeout))?
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if !status.is_success() {
-            let body = tokio::time::timeout(self.timeout, response.bytes())
+            let wait = retry_after(response.headers());
+            let body = tokio::time::timeout(self.idle, response.bytes())
                 .await
                 .map_err(|_| self.error(ProviderErrorKind::Timeout))?
                 .map_err(|e| self.transport_error(e))?;
-            return Err(self.refused(status, &body, message_of));
+            return Err(self.refused(status, &body, message_of, wait));
         }
         Ok(self.events(response, parser))
     }
@@ -285,6 +342,7 @@ impl Upstream {
         status: StatusCode,
         body: &[u8],
         message_of: fn(&serde_json::Value) -> Option<String>,
+        retry_after: Option<std::time::Duration>,
     ) -> ProviderError {
         let message = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
@@ -293,6 +351,7 @@ impl Upstream {
         self.error(ProviderErrorKind::Upstream {
             status: status.as_u16(),
             message: self.scrub(&message),
+            retry_after,
         })
     }
 
@@ -332,7 +391,7 @@ impl Upstream {
                 let interrupted = |up: &Upstream, why: String| {
                     up.error(ProviderErrorKind::Interrupted(up.scrub(&why)))
                 };
-                match tokio::time::timeout(st.upstream.timeout, st.bytes.next()).await {
+                match tokio::time::timeout(st.upstream.idle, st.bytes.next()).await {
                     Err(_) => {
                         st.done = true;
                         st.failure = Some(st.upstream.error(ProviderErrorKind::Timeout));
@@ -410,7 +469,8 @@ impl Providers {
             http: http.clone(),
             base_url: endpoint.base_url.clone(),
             key: endpoint.api_key.clone(),
-            timeout: settings.request_timeout,
+            first_byte: settings.request_timeout,
+            idle: settings.idle_timeout,
         };
         Ok(Providers {
             openai: Arc::new(openai::OpenAi::new(upstream(

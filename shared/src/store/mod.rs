@@ -304,7 +304,12 @@ pub struct RequestRecord {
     pub user: UserId,
     /// The API key the request was made with, if it was.
     pub api_key: Option<KeyId>,
+    /// The model that answered (or was last tried), whose price the cost is.
     pub model: String,
+    /// The model the request asked for; another answered if a fallback did.
+    pub requested_model: String,
+    /// Provider calls made: retries and fallbacks each count.
+    pub attempts: u32,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub duration_ms: u64,

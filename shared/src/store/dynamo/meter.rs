@@ -65,6 +65,10 @@ impl TryFrom<&Item> for RequestRecord {
             user: UserId::from(get_s(item, "user_id")?),
             api_key: get_s(item, "api_key_id").ok().map(KeyId::from),
             model: get_s(item, "model")?.to_owned(),
+            requested_model: get_s(item, "requested_model")
+                .or_else(|_| get_s(item, "model"))?
+                .to_owned(),
+            attempts: u32::try_from(get_u64(item, "attempts")?).unwrap_or(u32::MAX),
             input_tokens: get_u64(item, "input_tokens")?,
             output_tokens: get_u64(item, "output_tokens")?,
             duration_ms: get_u64(item, "duration_ms")?,
@@ -110,6 +114,8 @@ fn record_item(record: &RequestRecord, month: &str) -> Item {
             ("organization_id", s(record.org.as_str())),
             ("user_id", s(record.user.as_str())),
             ("model", s(record.model.as_str())),
+            ("requested_model", s(record.requested_model.as_str())),
+            ("attempts", n(record.attempts)),
             ("input_tokens", n(record.input_tokens)),
             ("output_tokens", n(record.output_tokens)),
             ("duration_ms", n(record.duration_ms)),
