@@ -22,6 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "op-token"
 MODELS = ["gemini-1.5-flash", "claude-3-haiku", "gpt-4o-mini"]
 PLANS = """
+[retries]
+base_delay_ms = 10
+max_delay_ms = 50
+
+[models."gpt-4o-mini"]
+fallbacks = ["gemini-1.5-flash"]
+
 [plans.big]
 requests_per_minute = 1000
 messages_per_month = "unlimited"
@@ -214,9 +221,9 @@ def test_each_error_is_the_sdks_own_exception(gateway, big):
         client.chat.completions.create(model="claude-3-haiku", messages=hi, seed=1)
     assert seed.value.param == "seed"
     with pytest.raises(openai.InternalServerError) as upstream:
-        client.chat.completions.create(model="gpt-4o-mini",
+        client.chat.completions.create(model="claude-3-haiku",
                                        messages=[{"role": "user", "content": "[sim:status=500] hi"}])
-    assert upstream.value.status_code == 502 and "Provider openai" in upstream.value.message
+    assert upstream.value.status_code == 502 and "Provider anthropic" in upstream.value.message
 
 
 def test_plan_and_limits_answer_as_openai_does(gateway):
@@ -263,6 +270,26 @@ def test_a_revoked_key_stops_at_once(gateway, big):
         client.chat.completions.create(model="gpt-4o-mini", messages=hi)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_a_failing_provider_falls_back_and_the_answer_names_the_model_that_answered(gateway, big):
+    client = gateway.client(big[1]["key"])
+    failing = [{"role": "user", "content": "[sim:status=503@openai] hi"}]
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=failing)
+    assert answer.model == "gemini-1.5-flash" and answer.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=failing, stream=True))
+    assert {c.model for c in chunks} == {"gemini-1.5-flash"}
+    # The native API names it too.
+    request = urllib.request.Request(
+        f"{gateway.base}/api/v1/ai/chat", method="POST",
+        data=json.dumps({"model": "gpt-4o-mini", "messages": failing}).encode(),
+        headers={"Authorization": f"Bearer {big[1]['key']}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["model"] == "gemini-1.5-flash"
+    # A transient failure is retried to an answer from the model asked for.
+    flaky = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "[sim:flaky=2] hi"}])
+    assert flaky.model == "gpt-4o-mini"
 
 
 def test_usage_counts_what_the_keys_spent(gateway):
