@@ -629,27 +629,21 @@ fn duration(secs: u64) -> String {
 
 /// `x-ratelimit-{limit,remaining,reset}-requests`, and `-tokens` when the plan limits tokens.
 fn limit_headers(headers: &mut HeaderMap, rate: RateStatus, tokens: Option<TokenStatus>) {
-    headers.insert("x-ratelimit-limit-requests", HeaderValue::from(rate.limit));
-    headers.insert(
-        "x-ratelimit-remaining-requests",
-        HeaderValue::from(rate.remaining),
-    );
-    insert(
-        headers,
-        "x-ratelimit-reset-requests",
-        &duration(rate.reset_secs),
-    );
-    if let Some(tokens) = tokens {
-        headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(tokens.limit));
-        headers.insert(
-            "x-ratelimit-remaining-tokens",
-            HeaderValue::from(tokens.remaining),
-        );
-        insert(
-            headers,
-            "x-ratelimit-reset-tokens",
-            &duration(tokens.reset_secs),
-        );
+    let windows = std::iter::once(("requests", rate.limit, rate.remaining, rate.reset_secs))
+        .chain(tokens.map(|t| ("tokens", t.limit, t.remaining, t.reset_secs)));
+    for (what, limit, remaining, reset_secs) in windows {
+        for (name, value) in [
+            ("limit", limit.to_string()),
+            ("remaining", remaining.to_string()),
+            ("reset", duration(reset_secs)),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(format!("x-ratelimit-{name}-{what}")),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
     }
 }
 

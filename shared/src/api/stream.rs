@@ -296,6 +296,18 @@ mod tests {
         (admitted, store, org, month)
     }
 
+    /// Pumps `stream` for `admitted` to `sender` until `deadline`; fails if it takes `limit`.
+    async fn pumped(
+        admitted: metered::Admitted,
+        stream: ChatStream,
+        sender: mpsc::Sender<Bytes>,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<(), tokio::time::error::Elapsed> {
+        let metered = MeteredStream::new(admitted, stream);
+        tokio::time::timeout(limit, pump(metered, NativeEvents, sender, deadline)).await
+    }
+
     #[tokio::test]
     async fn a_stream_cut_at_its_deadline_is_settled_and_closed_cleanly() {
         // GIVEN an admitted request whose provider sends one delta and then nothing more
@@ -308,17 +320,9 @@ mod tests {
 
         // WHEN its deadline passes
         let deadline = Instant::now() + Duration::from_millis(100);
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            pump(
-                MeteredStream::new(admitted, stream),
-                NativeEvents,
-                sender,
-                deadline,
-            ),
-        )
-        .await
-        .expect("the pump stops at the deadline");
+        pumped(admitted, stream, sender, deadline, Duration::from_secs(10))
+            .await
+            .expect("the pump stops at the deadline");
 
         // THEN the client got the delta, an error saying why, the usage, then [DONE]
         let mut body = String::new();
@@ -352,17 +356,9 @@ mod tests {
 
         // WHEN the deadline passes with the channel full
         let deadline = Instant::now() + Duration::from_millis(100);
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            pump(
-                MeteredStream::new(admitted, stream),
-                NativeEvents,
-                sender,
-                deadline,
-            ),
-        )
-        .await
-        .expect("the pump ends although nobody reads");
+        pumped(admitted, stream, sender, deadline, Duration::from_secs(20))
+            .await
+            .expect("the pump ends although nobody reads");
 
         // THEN the request is settled as cut at its time limit
         let records = store.requests(&org, &month).await.expect("records");

@@ -288,13 +288,7 @@ mod tests {
 
     #[test]
     fn sampling_options_take_anthropics_names() {
-        let mut request = crate::providers::brief_hi("claude-3-haiku-20240307", None);
-        request.sampling = crate::providers::Sampling {
-            top_p: Some(0.5),
-            stop: vec!["END".into()],
-            seed: None,
-            user: Some("u-1".into()),
-        };
+        let request = crate::providers::sampled("claude-3-haiku-20240307", None);
         let json = serde_json::to_value(request_body(&request)).expect("json");
         assert_eq!(json["top_p"], 0.5);
         assert_eq!(json["stop_sequences"], serde_json::json!(["END"]));

@@ -290,13 +290,7 @@ mod tests {
 
     #[test]
     fn sampling_options_go_in_the_generation_config() {
-        let mut request = crate::providers::brief_hi("gemini-2.5-flash", None);
-        request.sampling = crate::providers::Sampling {
-            top_p: Some(0.5),
-            stop: vec!["END".into()],
-            seed: Some(7),
-            user: Some("u-1".into()),
-        };
+        let request = crate::providers::sampled("gemini-2.5-flash", Some(7));
         let json = serde_json::to_value(request_body(&request)).expect("json");
         let config = &json["generationConfig"];
         assert_eq!(config["topP"], 0.5);

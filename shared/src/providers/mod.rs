@@ -449,6 +449,20 @@ pub(crate) fn brief_hi(upstream_model: &str, temperature: Option<f32>) -> ChatRe
     }
 }
 
+/// [`brief_hi`] with every sampling option set (`top_p` 0.5, stop `END`, user `u-1`, `seed`).
+#[cfg(test)]
+pub(crate) fn sampled(upstream_model: &str, seed: Option<i64>) -> ChatRequest {
+    ChatRequest {
+        sampling: Sampling {
+            top_p: Some(0.5),
+            stop: vec!["END".into()],
+            seed,
+            user: Some("u-1".into()),
+        },
+        ..brief_hi(upstream_model, None)
+    }
+}
+
 /// Every provider adapter, built once at cold start around one HTTP client.
 #[derive(Debug, Clone)]
 pub struct Providers {

@@ -252,13 +252,7 @@ mod tests {
 
     #[test]
     fn sampling_options_keep_openais_names() {
-        let mut request = crate::providers::brief_hi("gpt-4o-mini", None);
-        request.sampling = crate::providers::Sampling {
-            top_p: Some(0.5),
-            stop: vec!["END".into()],
-            seed: Some(7),
-            user: Some("u-1".into()),
-        };
+        let request = crate::providers::sampled("gpt-4o-mini", Some(7));
         let json = serde_json::to_value(request_body(&request)).expect("json");
         assert_eq!(json["top_p"], 0.5);
         assert_eq!(json["stop"], serde_json::json!(["END"]));
