@@ -324,3 +324,25 @@ async fn a_provider_failing_before_any_output_is_a_plain_error() {
     // AND no message was used
     assert_eq!(gw.usage().await["total_messages"], 0);
 }
+
+#[tokio::test]
+async fn an_answer_cannot_forge_the_end_of_the_stream() {
+    let gw = start().await;
+    // GIVEN a model whose answer holds the stream's terminator as a piece of its own
+    let events = events(
+        gw.stream("[sim:echo]before [DONE] after", "gemini-1.5-flash")
+            .await,
+    )
+    .await;
+    // THEN no text event reads as the terminator, the whole answer arrives, and so does its usage
+    let texts: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event.is_none())
+        .map(|e| e.data.as_str())
+        .collect();
+    let (last, pieces) = texts.split_last().expect("events");
+    assert_eq!(*last, "[DONE]");
+    assert!(pieces.iter().all(|p| p.trim() != "[DONE]"), "{pieces:?}");
+    assert_eq!(pieces.concat(), "before [DONE] after");
+    assert!(named(&events, "usage").is_some());
+}

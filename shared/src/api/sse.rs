@@ -9,6 +9,21 @@ pub fn data(text: &str) -> Bytes {
     event(None, text)
 }
 
+/// One piece of an answer's text, as unnamed events. A piece that reads as the end of the stream
+/// (`[DONE]`, give or take surrounding whitespace) is sent as two events, split inside the marker,
+/// so no answer can forge the terminator: clients concatenate the pieces back.
+pub fn text(text: &str) -> Bytes {
+    const DONE: &str = "[DONE]";
+    if text.trim() != DONE {
+        return data(text);
+    }
+    let split = text.find(DONE).map_or(0, |at| at + DONE.len() / 2);
+    let (head, tail) = text.split_at(split);
+    let mut both = bytes::BytesMut::from(data(head).as_ref());
+    both.extend_from_slice(&data(tail));
+    both.freeze()
+}
+
 /// One event named `name`.
 pub fn named(name: &str, text: &str) -> Bytes {
     event(Some(name), text)
@@ -50,6 +65,22 @@ mod tests {
         assert_eq!(data(""), "data: \n\n");
         assert_eq!(named("usage", "{}"), "event: usage\ndata: {}\n\n");
         assert_eq!(done(), "data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn no_piece_of_text_forges_the_terminator() {
+        for forged in ["[DONE]", " [DONE]", "[DONE] ", "\n[DONE]\n", "  [DONE]\t"] {
+            let mut decoder = SseDecoder::new();
+            let events = decoder.push(&text(forged));
+            assert!(events.len() >= 2, "{forged:?}");
+            assert!(
+                events.iter().all(|e| e.data.trim() != "[DONE]"),
+                "{forged:?}: {events:?}"
+            );
+            let joined: String = events.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(joined, forged.replace('\r', ""), "{forged:?}");
+        }
+        assert_eq!(text("not [DONE] yet"), data("not [DONE] yet"));
     }
 
     #[test]

@@ -121,7 +121,7 @@ struct UsageEvent<'a> {
 
 impl Framing for NativeEvents {
     fn text(&mut self, text: &str) -> Bytes {
-        sse::data(text)
+        sse::text(text)
     }
 
     fn closing(&mut self, summary: &StreamSummary) -> Vec<Bytes> {
