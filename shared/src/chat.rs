@@ -30,8 +30,8 @@ pub struct InputMessage {
 pub struct ChatInput {
     /// The model asked for; the catalog's default when `None`.
     pub model: Option<ModelId>,
-    /// The output tokens asked for; the model's and the plan's maximum when `None`.
-    pub max_tokens: Option<u32>,
+    /// The output tokens asked for, as sent; the model's and the plan's maximum when `None`.
+    pub max_tokens: Option<u64>,
     pub system: Option<String>,
     pub turns: Vec<Turn>,
     pub temperature: Option<f32>,
@@ -45,7 +45,7 @@ pub struct PreparedChat {
     pub request: ChatRequest,
     /// `max_tokens` as the caller asked it, so the request can be prepared again under another
     /// plan (the default depends on the plan).
-    pub asked_max_tokens: Option<u32>,
+    pub asked_max_tokens: Option<u64>,
 }
 
 impl PreparedChat {
@@ -113,7 +113,7 @@ pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
     };
     let max_tokens = match body.max_tokens {
         None => None,
-        Some(n) if n >= 1 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        Some(n) if n >= 1 => Some(n.unsigned_abs()),
         Some(n) => {
             return Err(invalid(format!(
                 "max_tokens: must be a positive integer, got {n}"
@@ -156,7 +156,7 @@ pub fn check<'a>(
         .into());
     }
     let max_tokens = match input.max_tokens {
-        Some(requested) if requested > model.max_tokens => {
+        Some(requested) if requested > u64::from(model.max_tokens) => {
             return Err(RequestError::MaxTokensAboveModel {
                 requested,
                 max: model.max_tokens,
@@ -164,14 +164,15 @@ pub fn check<'a>(
             }
             .into())
         }
-        Some(requested) if requested > plan.max_tokens_per_request => {
+        Some(requested) if requested > u64::from(plan.max_tokens_per_request) => {
             return Err(PlanError::MaxTokensAbovePlan {
                 requested,
                 max: plan.max_tokens_per_request,
             }
             .into())
         }
-        Some(requested) => requested,
+        // At most the model's maximum, a u32, by the check above.
+        Some(requested) => u32::try_from(requested).unwrap_or(model.max_tokens),
         None => model.max_tokens.min(plan.max_tokens_per_request),
     };
     Ok((model, max_tokens))
@@ -341,6 +342,16 @@ mod tests {
             detail.contains("5000") && detail.contains("4096"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn max_tokens_beyond_32_bits_is_reported_as_sent() {
+        let (status, detail) = refusal(check(
+            "team",
+            serde_json::json!({"max_tokens": 5_000_000_000_i64, "messages": [{"role": "user", "content": "Hi"}]}),
+        ));
+        assert_eq!(status, 400);
+        assert!(detail.contains("5000000000"), "{detail}");
     }
 
     #[test]

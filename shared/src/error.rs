@@ -47,7 +47,7 @@ pub enum RequestError {
     UnknownModel { model: String, valid: String },
     #[error("max_tokens {requested} exceeds the maximum of {max} output tokens for model {model}")]
     MaxTokensAboveModel {
-        requested: u32,
+        requested: u64,
         max: u32,
         model: String,
     },
@@ -72,7 +72,7 @@ pub enum PlanError {
     #[error(
         "max_tokens {requested} exceeds your plan's maximum of {max} tokens per request. Upgrade to raise it."
     )]
-    MaxTokensAbovePlan { requested: u32, max: u32 },
+    MaxTokensAbovePlan { requested: u64, max: u32 },
     #[error("Organization plan {0} is not configured")]
     UnknownPlan(String),
 }

@@ -357,7 +357,10 @@ pub fn parse_month(raw: &str) -> Option<String> {
     let (year, month) = raw.split_once('-')?;
     let valid = year.len() == 4
         && month.len() == 2
-        && year.bytes().all(|b| b.is_ascii_digit())
+        && year
+            .bytes()
+            .chain(month.bytes())
+            .all(|b| b.is_ascii_digit())
         && month.parse::<u8>().is_ok_and(|m| (1..=12).contains(&m));
     valid.then(|| raw.to_owned())
 }
@@ -370,7 +373,17 @@ mod tests {
     fn months_are_checked() {
         assert_eq!(parse_month("2026-11").as_deref(), Some("2026-11"));
         for bad in [
-            "2026-13", "2026-1", "26-11", "2026-00", "abcd-ef", "2026/11", "",
+            "2026-13",
+            "2026-1",
+            "26-11",
+            "2026-00",
+            "abcd-ef",
+            "2026/11",
+            "",
+            "2026-+1",
+            "+026-11",
+            "2026-11-01",
+            " 2026-11",
         ] {
             assert_eq!(parse_month(bad), None, "{bad}");
         }

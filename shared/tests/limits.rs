@@ -49,7 +49,7 @@ fn chat(max_tokens: u32) -> PreparedChat {
             sampling: Default::default(),
         },
         model,
-        asked_max_tokens: Some(max_tokens),
+        asked_max_tokens: Some(u64::from(max_tokens)),
     }
 }
 

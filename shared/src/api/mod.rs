@@ -58,7 +58,7 @@ fn normalise_email(raw: &str) -> Result<String, RequestError> {
         && email
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-        && !email.chars().any(char::is_whitespace);
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if valid {
         Ok(email)
     } else {
@@ -550,4 +550,28 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
     };
     result
         .unwrap_or_else(|e| respond::error(GatewayError::Internal(format!("handler failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(
+            normalise_email(" Ada@Example.COM ").ok().as_deref(),
+            Some("ada@example.com")
+        );
+        for bad in [
+            "ada@example",
+            "@example.com",
+            "ada@exa mple.com",
+            "ada\u{0}@example.com",
+            "ada@example.com\u{7}",
+            "ada\u{1b}[31m@example.com",
+        ] {
+            assert!(normalise_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalise_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
 }
