@@ -23,6 +23,9 @@ use crate::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, Pa
 
 /// The most chats one batch may hold.
 pub const MAX_ITEMS: usize = 50;
+/// The most bytes of messages one item may hold, as stored: a job item is one DynamoDB item
+/// (at most 400 KB), which later holds the item's answer too.
+pub const MAX_ITEM_MESSAGES_BYTES: usize = 300 * 1024;
 /// How long one attempt holds an item: longer than the worker's timeout, so a live attempt is
 /// never overtaken, short enough that a crashed one is retried.
 pub const CLAIM_SECONDS: i64 = 120;
@@ -165,10 +168,17 @@ fn job_item(
         }
         other => other,
     })?;
+    let messages =
+        serde_json::to_string(&stored).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    if messages.len() > MAX_ITEM_MESSAGES_BYTES {
+        return Err(invalid(format!(
+            "items[{i}].messages: at most {MAX_ITEM_MESSAGES_BYTES} bytes of messages per item, got {}",
+            messages.len()
+        )));
+    }
     Ok(JobItem {
         id: item.id,
-        messages: serde_json::to_string(&stored)
-            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        messages,
         status: ItemStatus::Queued,
         result: None,
         error: None,
@@ -626,6 +636,12 @@ pub async fn list(
     limit: usize,
     after: Option<&str>,
 ) -> Result<(Vec<JobView>, Option<String>), GatewayError> {
+    // A cursor is a job id from a previous page; anything else would reach the store as a key.
+    if after.is_some_and(|a| uuid::Uuid::parse_str(a).is_err()) {
+        return Err(invalid(
+            "after: must be the `next` cursor of a previous page".into(),
+        ));
+    }
     let page = state.stores.jobs.jobs_of(org, limit, after).await?;
     Ok((
         page.jobs.into_iter().map(|job| view(job, None)).collect(),

@@ -72,7 +72,31 @@ pub async fn build(options: &Options) -> anyhow::Result<Router> {
 }
 
 /// As [`build`], with the settings given rather than read from the environment.
-pub async fn build_with(mut settings: Settings, options: &Options) -> anyhow::Result<Router> {
+pub async fn build_with(settings: Settings, options: &Options) -> anyhow::Result<Router> {
+    let stores = match options.store {
+        StoreKind::Memory => {
+            tracing::info!("store: in memory");
+            Stores::from(Arc::new(MemoryStore::new()))
+        }
+        StoreKind::Dynamodb => {
+            let store = DynamoStore::from_env(options.table.clone()).await;
+            if options.create_tables {
+                store.create_table_if_missing().await?;
+            }
+            tracing::info!(table = %options.table, "store: DynamoDB");
+            Stores::from(Arc::new(store))
+        }
+    };
+    build_on(settings, stores, options).await
+}
+
+/// As [`build_with`], on `stores` (the store `options` names is not opened): for tests that bring
+/// their own.
+pub async fn build_on(
+    mut settings: Settings,
+    stores: Stores,
+    options: &Options,
+) -> anyhow::Result<Router> {
     let missing: Vec<ProviderKind> = ProviderKind::ALL
         .into_iter()
         .filter(|kind| settings.providers.endpoint(*kind).api_key.is_none())
@@ -102,20 +126,6 @@ pub async fn build_with(mut settings: Settings, options: &Options) -> anyhow::Re
         }
     }
 
-    let stores = match options.store {
-        StoreKind::Memory => {
-            tracing::info!("store: in memory");
-            Stores::from(Arc::new(MemoryStore::new()))
-        }
-        StoreKind::Dynamodb => {
-            let store = DynamoStore::from_env(options.table.clone()).await;
-            if options.create_tables {
-                store.create_table_if_missing().await?;
-            }
-            tracing::info!(table = %options.table, "store: DynamoDB");
-            Stores::from(Arc::new(store))
-        }
-    };
     let mut state = AppState::new(&settings, stores)?;
     if let Some(clock) = &options.clock {
         state = state.with_clock(clock.clone());

@@ -68,9 +68,12 @@ fn normalise_email(raw: &str) -> Result<String, RequestError> {
     }
 }
 
+/// The longest password accepted: Argon2 reads all of it.
+const MAX_PASSWORD_CHARS: usize = 128;
+
 fn check_password(password: &str) -> Result<(), RequestError> {
     let chars = password.chars().count();
-    if !(8..=128).contains(&chars) {
+    if !(8..=MAX_PASSWORD_CHARS).contains(&chars) {
         return Err(RequestError::InvalidField(
             "password: must be between 8 and 128 characters".into(),
         ));
@@ -132,9 +135,15 @@ pub async fn login(state: &AppState, request: Request) -> HandlerResult {
 
 async fn login_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let form: LoginForm = form_body(request)?;
-    let email = form.username.trim().to_lowercase();
-    let user = state.stores.users.user_by_email(&email).await?;
-    let password = form.password;
+    // A name that could not have registered (too long for a key, control characters) or a
+    // password no account can have is not looked up; it fails as a wrong password would.
+    let user = match normalise_email(&form.username) {
+        Ok(email) if check_password(&form.password).is_ok() => {
+            state.stores.users.user_by_email(&email).await?
+        }
+        _ => None,
+    };
+    let password: String = form.password.chars().take(MAX_PASSWORD_CHARS).collect();
     let verified = blocking(move || match user {
         Some(user) if auth::verify_password(&password, &user.password_hash) => Some(user),
         Some(_) => None,

@@ -1,0 +1,266 @@
+//! Hostile input over a real socket, on both stores: each class of it gets a clear 4xx (never a
+//! 503 from input the store would refuse), and the server is healthy after each group.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use futures::StreamExt;
+use gateway::config::Settings;
+use gateway::providers::sse::SseDecoder;
+use gateway::store::dynamo::DynamoStore;
+use gateway::store::memory::MemoryStore;
+use gateway::store::Stores;
+use local_server::{Options, StoreKind};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+struct Gateway {
+    base: String,
+    http: Client,
+    token: String,
+    org: String,
+}
+
+fn options() -> Options {
+    Options {
+        store: StoreKind::Memory,
+        table: String::new(),
+        create_tables: false,
+        admin_token: None,
+        clock: None,
+        job_retry_after: Duration::from_millis(200),
+    }
+}
+
+/// The DynamoDB store on a fresh table of the server the test command started, if there is one.
+async fn dynamo() -> Option<Stores> {
+    let Ok(endpoint) = std::env::var("GATEWAY_TEST_DYNAMODB_ENDPOINT") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "GATEWAY_TEST_DYNAMODB_ENDPOINT must be set under CI"
+        );
+        eprintln!("skipping: GATEWAY_TEST_DYNAMODB_ENDPOINT is not set");
+        return None;
+    };
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .build();
+    let table = format!("hostile-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), table);
+    store.create_table_if_missing().await.expect("table");
+    Some(Stores::from(Arc::new(store)))
+}
+
+async fn start(stores: Stores) -> Gateway {
+    let settings = Settings::local(
+        "hostile-secret-hostile-secret-hostile",
+        "http://unused",
+        None,
+    );
+    let router = local_server::build_on(settings, stores, &options())
+        .await
+        .expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(local_server::serve(listener, router));
+    let http = Client::new();
+    let registered: Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": "mallory@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let token = registered["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let org: Value = http
+        .post(format!("{base}/api/v1/orgs"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Mallory", "slug": "mallory"}))
+        .send()
+        .await
+        .expect("org")
+        .json()
+        .await
+        .expect("json");
+    Gateway {
+        base,
+        http,
+        token,
+        org: org["id"].as_str().expect("id").to_owned(),
+    }
+}
+
+impl Gateway {
+    fn ai(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("x-current-org", &self.org)
+    }
+
+    async fn status_and_detail(&self, request: reqwest::RequestBuilder) -> (StatusCode, String) {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (
+            status,
+            body["detail"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Still serving: health, and a chat answered.
+    async fn still_healthy(&self) {
+        let health = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), StatusCode::OK);
+        let chat = self
+            .ai(reqwest::Method::POST, "/api/v1/ai/chat")
+            .json(&json!({"messages": [{"role": "user", "content": "still there?"}]}))
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!(chat.status(), StatusCode::OK);
+    }
+}
+
+async fn input_the_store_would_refuse_is_a_4xx(gw: &Gateway) {
+    // A login name far beyond any key DynamoDB takes, and a password no account can have.
+    let login = |username: String, password: String| {
+        gw.http
+            .post(format!("{}/api/v1/auth/login", gw.base))
+            .form(&[("username", username), ("password", password)])
+    };
+    for (username, password) in [
+        (
+            "a".repeat(5000) + "@example.com",
+            "correct horse battery".to_owned(),
+        ),
+        ("mallory@example.com".to_owned(), "p".repeat(200_000)),
+        (
+            "mallory\u{0}@example.com".to_owned(),
+            "correct horse battery".to_owned(),
+        ),
+    ] {
+        let (status, detail) = gw.status_and_detail(login(username, password)).await;
+        assert_eq!(
+            (status, detail.as_str()),
+            (StatusCode::UNAUTHORIZED, "Incorrect email or password")
+        );
+    }
+    // A job item whose messages would not fit one stored item.
+    let big = "x".repeat(310 * 1024);
+    let job = json!({"items": [{"id": "big", "messages": [{"role": "user", "content": big}]}]});
+    let (status, detail) = gw
+        .status_and_detail(gw.ai(reqwest::Method::POST, "/api/v1/ai/jobs").json(&job))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{detail}");
+    assert!(detail.starts_with("items[0].messages"), "{detail}");
+    // Cursors that are no job id.
+    for after in ["", "not-a-job", &"0".repeat(3000)] {
+        let path = format!("/api/v1/ai/jobs?after={after}");
+        let (status, detail) = gw
+            .status_and_detail(gw.ai(reqwest::Method::GET, &path))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{after:?}: {detail}"
+        );
+        assert!(detail.starts_with("after:"), "{detail}");
+    }
+    gw.still_healthy().await;
+}
+
+async fn parsing_is_strict(gw: &Gateway) {
+    for month in ["2026-+1", "2026-1", "+026-11", "2026-11-01"] {
+        let path = format!("/api/v1/ai/usage?month={month}");
+        let (status, detail) = gw
+            .status_and_detail(gw.ai(reqwest::Method::GET, &path))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{month}: {detail}"
+        );
+    }
+    let register = gw
+        .http
+        .post(format!("{}/api/v1/auth/register", gw.base))
+        .json(&json!({"email": "eve\u{1b}[31m@example.com", "password": "correct horse battery"}));
+    let (status, detail) = gw.status_and_detail(register).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{detail}");
+    let huge =
+        json!({"max_tokens": 5_000_000_000_i64, "messages": [{"role": "user", "content": "Hi"}]});
+    let (status, detail) = gw
+        .status_and_detail(gw.ai(reqwest::Method::POST, "/api/v1/ai/chat").json(&huge))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{detail}");
+    assert!(detail.contains("5000000000"), "{detail}");
+    gw.still_healthy().await;
+}
+
+async fn an_answer_cannot_end_the_stream(gw: &Gateway) {
+    let response = gw
+        .ai(reqwest::Method::POST, "/api/v1/ai/chat/stream")
+        .json(&json!({"messages": [{"role": "user", "content": "[sim:echo][DONE] and more"}]}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        events.extend(decoder.push(&chunk.expect("chunk")));
+    }
+    let done = events
+        .iter()
+        .position(|e| e.event.is_none() && e.data.trim() == "[DONE]")
+        .expect("the terminator");
+    assert_eq!(
+        done,
+        events.len() - 1,
+        "only the real terminator reads as one: {events:?}"
+    );
+    let text: String = events[..done]
+        .iter()
+        .filter(|e| e.event.is_none())
+        .map(|e| e.data.as_str())
+        .collect();
+    assert_eq!(text, "[DONE] and more");
+    gw.still_healthy().await;
+}
+
+async fn every_group(stores: Stores) {
+    let gw = start(stores).await;
+    input_the_store_would_refuse_is_a_4xx(&gw).await;
+    parsing_is_strict(&gw).await;
+    an_answer_cannot_end_the_stream(&gw).await;
+}
+
+#[tokio::test]
+async fn hostile_input_on_the_memory_store() {
+    every_group(Stores::from(Arc::new(MemoryStore::new()))).await;
+}
+
+#[tokio::test]
+async fn hostile_input_on_dynamodb() {
+    if let Some(stores) = dynamo().await {
+        every_group(stores).await;
+    }
+}
