@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use gateway::catalog::ProviderKind;
 use gateway::config::{Endpoint, ProviderSettings};
 use gateway::providers::{
@@ -332,6 +334,57 @@ async fn silent_streams_time_out(kind: ProviderKind) {
     assert_eq!(error.map(|e| e.kind), Some(ProviderErrorKind::Timeout));
 }
 
+/// An upstream that answers every request 200 with an endless body: one SSE line that never
+/// ends for streams, one JSON document that never ends otherwise.
+async fn endless_upstream() -> String {
+    async fn endless(request: axum::extract::Request) -> axum::response::Response {
+        let streaming = request.uri().path().contains("stream")
+            || request.uri().path().ends_with("/messages")
+            || request.uri().path().ends_with("/completions");
+        let first = if streaming { "data: " } else { "{\"a\": \"" };
+        let chunks = futures::stream::iter(
+            std::iter::once(first.to_owned())
+                .chain(std::iter::repeat_n("x".repeat(64 * 1024), 400)),
+        )
+        .map(|chunk| Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)));
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from_stream(chunks))
+            .expect("response")
+    }
+    let app = axum::Router::new().fallback(endless);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn endless_answers_are_cut_off_at_a_cap(kind: ProviderKind) {
+    let providers = Providers::new(&settings(&endless_upstream().await, Duration::from_secs(5)))
+        .expect("client");
+    let provider = providers.get(kind);
+    // A whole answer past the response cap (25 MiB sent, 16 MiB accepted) is refused.
+    let err = provider
+        .complete(&request(model_of(kind), "hi", 50))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err.kind, ProviderErrorKind::InvalidResponse(ref why) if why.contains("larger than")),
+        "{err:?}"
+    );
+    // A stream whose line never ends is cut at the line cap, as an error.
+    let stream = provider
+        .stream(&request(model_of(kind), "hi", 50))
+        .await
+        .expect("stream opens");
+    let (_, _, _, error) = drain(stream).await;
+    assert!(
+        matches!(error.map(|e| e.kind), Some(ProviderErrorKind::Interrupted(ref why)) if why.contains("larger than")),
+    );
+}
+
 macro_rules! provider_contract {
     ($($case:ident),* $(,)?) => {
         mod openai {
@@ -360,4 +413,5 @@ provider_contract!(
     refused_streams_fail_before_the_first_byte,
     cut_streams_end_in_an_error_after_their_text,
     silent_streams_time_out,
+    endless_answers_are_cut_off_at_a_cap,
 );

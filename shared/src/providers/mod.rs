@@ -233,6 +233,60 @@ pub(crate) trait StreamParser: Send + 'static {
     fn finished(&self) -> bool;
 }
 
+/// The largest whole (not streamed) provider response read: far above any real answer.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Text from an upstream with anything that looks like a credential blanked: `sk-…`, `AIza…`,
+/// `Bearer …`, and any long run of letters and digits with both in it (a key, a token), so no
+/// key of ours or anyone's reaches a client or a log through an error message.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut after_bearer = false;
+    for (word, gap) in words(text) {
+        let looks_secret = after_bearer
+            || ["sk-", "sk_", "AIza", "xai-", "key-"]
+                .iter()
+                .any(|p| word.starts_with(p) && word.len() >= p.len() + 12)
+            || (word.len() >= 32
+                && word.bytes().any(|b| b.is_ascii_digit())
+                && word.bytes().any(|b| b.is_ascii_alphabetic()));
+        after_bearer = word.eq_ignore_ascii_case("bearer");
+        out.push_str(if looks_secret { "***" } else { word });
+        out.push_str(gap);
+    }
+    out
+}
+
+/// The runs of key characters in `text`, each with the text that follows it up to the next run.
+fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    let mut rest = text;
+    let mut leading = true;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if leading {
+            leading = false;
+            let start = rest.find(is_key_char).unwrap_or(rest.len());
+            let (gap, tail) = rest.split_at(start);
+            rest = tail;
+            return Some(("", gap));
+        }
+        let run = rest.find(|c| !is_key_char(c)).unwrap_or(rest.len());
+        // A sentence's full stop is not part of the word before it.
+        let end = rest[..run].trim_end_matches('.').len().max(1).min(run);
+        let (word, tail) = rest.split_at(end);
+        let gap_end = tail
+            .char_indices()
+            .find(|&(i, c)| is_key_char(c) && (c != '.' || i >= run - end))
+            .map_or(tail.len(), |(i, _)| i);
+        let (gap, tail) = tail.split_at(gap_end);
+        rest = tail;
+        Some((word, gap))
+    })
+}
+
 /// What every adapter holds: the shared HTTP client, where to call, and the key.
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
@@ -262,10 +316,11 @@ impl Upstream {
     }
 
     fn scrub(&self, text: &str) -> String {
-        match &self.key {
+        let scrubbed = match &self.key {
             Some(key) => key.scrub(text),
             None => text.to_owned(),
-        }
+        };
+        redact_credentials(&scrubbed)
     }
 
     /// Maps a transport error, without the URL (it may carry a query string).
@@ -297,10 +352,7 @@ impl Upstream {
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let wait = retry_after(response.headers());
-        let body = tokio::time::timeout(self.idle, response.bytes())
-            .await
-            .map_err(|_| self.error(ProviderErrorKind::Timeout))?
-            .map_err(|e| self.transport_error(e))?;
+        let body = self.read_capped(response).await?;
         if !status.is_success() {
             return Err(self.refused(status, &body, message_of, wait));
         }
@@ -326,13 +378,31 @@ impl Upstream {
         let status = response.status();
         if !status.is_success() {
             let wait = retry_after(response.headers());
-            let body = tokio::time::timeout(self.idle, response.bytes())
-                .await
-                .map_err(|_| self.error(ProviderErrorKind::Timeout))?
-                .map_err(|e| self.transport_error(e))?;
+            let body = self.read_capped(response).await?;
             return Err(self.refused(status, &body, message_of, wait));
         }
         Ok(self.events(response, parser))
+    }
+
+    /// A response body, read within the idle timeout between chunks and refused past
+    /// [`MAX_RESPONSE_BYTES`]: an upstream cannot make the gateway buffer without end.
+    async fn read_capped(&self, mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+        let mut body = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(self.idle, response.chunk())
+                .await
+                .map_err(|_| self.error(ProviderErrorKind::Timeout))?
+                .map_err(|e| self.transport_error(e))?;
+            let Some(chunk) = chunk else {
+                return Ok(body);
+            };
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(self.error(ProviderErrorKind::InvalidResponse(format!(
+                    "the response is larger than {MAX_RESPONSE_BYTES} bytes"
+                ))));
+            }
+            body.extend_from_slice(&chunk);
+        }
     }
 
     /// The upstream's refusal, with the provider's message (found by `message_of`, else the
@@ -421,6 +491,14 @@ impl Upstream {
                                 }
                             }
                         }
+                        if st.decoder.overflowed() && st.failure.is_none() {
+                            st.done = true;
+                            let why = format!(
+                                "an event or line was larger than {} bytes",
+                                sse::MAX_LINE_BYTES
+                            );
+                            st.failure = Some(interrupted(&st.upstream, why));
+                        }
                         // The terminal event ends the answer; no need to wait for the close.
                         if st.parser.finished() {
                             st.done = true;
@@ -508,5 +586,25 @@ impl Providers {
             ProviderKind::Anthropic => self.anthropic.as_ref(),
             ProviderKind::Google => self.google.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_shaped_words_are_redacted() {
+        let text = "Incorrect API key provided: sk-proj-abcdefghijklmnop1234. Use Authorization: Bearer eyJhbGciOi.x and AIzaSyA1234567890abcdefg; id 6f1c2a9e8b7d4c3f2e1d0a9b8c7d6e5f4a3b2c1d. Model gemini-1.5-flash is overloaded.";
+        let redacted = redact_credentials(text);
+        assert_eq!(
+            redacted,
+            "Incorrect API key provided: ***. Use Authorization: Bearer *** and ***; id ***. Model gemini-1.5-flash is overloaded."
+        );
+        assert_eq!(
+            redact_credentials("plain words, 503 twice."),
+            "plain words, 503 twice."
+        );
+        assert_eq!(redact_credentials(""), "");
     }
 }

@@ -10,13 +10,23 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// Accumulates bytes and yields complete events.
+/// The longest line a stream may send: past it the stream is refused, not buffered for ever.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// The most data one event may carry.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Accumulates bytes and yields complete events. Work is linear in the bytes however they are
+/// split: a line is scanned once, and consumed lines leave the buffer together.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     buffer: Vec<u8>,
+    /// Where the search for the next line end resumes (bytes before it hold none).
+    scanned: usize,
     event: Option<String>,
     data: Vec<String>,
+    data_bytes: usize,
     has_data: bool,
+    overflowed: bool,
 }
 
 impl SseDecoder {
@@ -24,28 +34,63 @@ impl SseDecoder {
         SseDecoder::default()
     }
 
-    /// Feeds a chunk; returns the events it completed.
+    /// Feeds a chunk; returns the events it completed. Nothing more once a line or an event
+    /// went past its cap (see [`SseDecoder::overflowed`]).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        if self.overflowed {
+            return events;
+        }
+        self.buffer.extend_from_slice(chunk);
+        let mut start = 0;
+        while !self.overflowed {
+            let from = self.scanned.max(start);
+            let Some(offset) = self.buffer[from..]
+                .iter()
+                .position(|b| *b == b'\n' || *b == b'\r')
+            else {
+                self.scanned = self.buffer.len();
+                break;
+            };
+            let end = from + offset;
             // A CR LF pair is one line ending; a lone CR at the very end may be the first half of
             // one, so wait for the next byte.
-            let mut consumed = end + 1;
+            let mut next = end + 1;
             if self.buffer[end] == b'\r' {
                 match self.buffer.get(end + 1) {
-                    Some(b'\n') => consumed += 1,
+                    Some(b'\n') => next += 1,
                     Some(_) => {}
-                    None => break,
+                    None => {
+                        self.scanned = end;
+                        break;
+                    }
                 }
             }
-            let line: Vec<u8> = self.buffer.drain(..consumed).take(end).collect();
-            let line = String::from_utf8_lossy(&line);
+            let line = String::from_utf8_lossy(&self.buffer[start..end]).into_owned();
+            start = next;
+            self.scanned = next;
             if let Some(event) = self.line(&line) {
                 events.push(event);
             }
         }
+        self.buffer.drain(..start.min(self.buffer.len()));
+        self.scanned = self.scanned.saturating_sub(start);
+        if self.buffer.len() > MAX_LINE_BYTES {
+            self.overflow();
+        }
         events
+    }
+
+    /// Whether a line or an event went past its cap: the stream is not to be trusted further.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.buffer = Vec::new();
+        self.data = Vec::new();
+        self.has_data = false;
     }
 
     /// What is left when the stream ends: an event not terminated by a blank line is dropped, as
@@ -61,6 +106,7 @@ impl SseDecoder {
                 return None;
             }
             self.has_data = false;
+            self.data_bytes = 0;
             return Some(SseEvent {
                 event: self.event.take(),
                 data: std::mem::take(&mut self.data).join("\n"),
@@ -76,6 +122,11 @@ impl SseDecoder {
         match field {
             "event" => self.event = Some(value.to_owned()),
             "data" => {
+                self.data_bytes = self.data_bytes.saturating_add(value.len() + 1);
+                if self.data_bytes > MAX_EVENT_BYTES {
+                    self.overflow();
+                    return None;
+                }
                 self.data.push(value.to_owned());
                 self.has_data = true;
             }
@@ -88,6 +139,33 @@ impl SseDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_by_byte_gives_what_one_chunk_gives() {
+        let stream = b"event: a\r\ndata: x\r\n\r\ndata: y\ndata: z\n\n: ping\rdata: w\r\r\n";
+        let whole = SseDecoder::new().push(stream);
+        let mut decoder = SseDecoder::new();
+        let pieces: Vec<SseEvent> = stream.iter().flat_map(|b| decoder.push(&[*b])).collect();
+        assert_eq!(pieces, whole);
+        assert_eq!(whole.len(), 3);
+    }
+
+    #[test]
+    fn a_line_or_an_event_past_its_cap_stops_the_stream() {
+        let mut decoder = SseDecoder::new();
+        let line = vec![b'a'; MAX_LINE_BYTES + 1];
+        assert!(decoder.push(b"data: ").is_empty());
+        assert!(decoder.push(&line).is_empty());
+        assert!(decoder.overflowed());
+        assert!(decoder.push(b"\n\ndata: late\n\n").is_empty());
+
+        let mut decoder = SseDecoder::new();
+        let piece = format!("data: {}\n", "b".repeat(MAX_LINE_BYTES / 2));
+        for _ in 0..(MAX_EVENT_BYTES / (MAX_LINE_BYTES / 2)) + 1 {
+            decoder.push(piece.as_bytes());
+        }
+        assert!(decoder.overflowed());
+    }
 
     #[test]
     fn decodes_named_multiline_events_with_any_line_ending() {
