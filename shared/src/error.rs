@@ -58,6 +58,9 @@ pub enum RequestError {
     Conflict(String),
     #[error("{0}")]
     NotFoundDetail(String),
+    /// The client took too long to send its request.
+    #[error("Request timeout: {0}")]
+    Timeout(String),
     #[error("Not found: {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("Method {method} not allowed on {path}")]
@@ -135,6 +138,7 @@ impl GatewayError {
                     StatusCode::NOT_FOUND
                 }
                 RequestError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+                RequestError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             },
             GatewayError::Plan(e) => match e {
                 PlanError::ModelNotInPlan(_) | PlanError::MaxTokensAbovePlan { .. } => {

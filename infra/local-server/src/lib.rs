@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use gateway::api::extract::MAX_BODY_BYTES;
 use gateway::catalog::ProviderKind;
@@ -164,17 +164,78 @@ pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
         .with_state(server)
 }
 
-/// Serves `router` until the process stops.
+/// What the local server allows a client, so a slow or lying one cannot hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Serves `router` until the process stops, within [`Limits::default`].
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    // Without TCP_NODELAY a streamed event written right after the headers waits for the
-    // client's delayed ACK (40 ms on Linux): Nagle's algorithm would undo "no buffering".
-    let listener = listener.tap_io(|tcp| {
+    serve_with(listener, router, Limits::default()).await
+}
+
+/// Serves `router` until the process stops, within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let router = router.layer(axum::Extension(BodyTimeout(limits.body_timeout)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: wait a moment rather than spin.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Without TCP_NODELAY a streamed event written right after the headers waits for the
+        // client's delayed ACK (40 ms on Linux): Nagle's algorithm would undo "no buffering".
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY on an accepted socket");
         }
-    });
-    axum::serve(listener, router).await
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
 }
+
+/// How long a request's body may take to arrive (see [`Limits::body_timeout`]).
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeout(Duration);
 
 fn to_axum(response: gateway::api::respond::HttpResponse) -> Response {
     let (parts, body) = response.into_parts();
@@ -182,19 +243,39 @@ fn to_axum(response: gateway::api::respond::HttpResponse) -> Response {
     Response::from_parts(parts, AxumBody::from(bytes))
 }
 
-/// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver.
+/// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver. A body
+/// announced larger than the limit is refused before it is read; one that arrives too slowly is
+/// given up on.
 async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            to_axum(gateway::api::respond::error(
-                RequestError::PayloadTooLarge {
-                    limit: MAX_BODY_BYTES,
-                }
-                .into(),
-            ))
-        })?;
+    let too_large = || {
+        to_axum(gateway::api::respond::error(
+            RequestError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+            .into(),
+        ))
+    };
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let wait = parts
+        .extensions
+        .get::<BodyTimeout>()
+        .map_or(Limits::default().body_timeout, |t| t.0);
+    let bytes = match tokio::time::timeout(wait, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_) => {
+            let timeout = RequestError::Timeout("the request body took too long to arrive".into());
+            return Err(to_axum(gateway::api::respond::error(timeout.into())));
+        }
+    };
     let body = if bytes.is_empty() {
         lambda_http::Body::Empty
     } else {

@@ -68,7 +68,13 @@ async fn start(stores: Stores) -> Gateway {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(local_server::serve(listener, router));
+    // Short waits, so slow clients are shown the door within the test.
+    let limits = local_server::Limits {
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        max_connections: 64,
+    };
+    tokio::spawn(local_server::serve_with(listener, router, limits));
     let http = Client::new();
     let registered: Value = http
         .post(format!("{base}/api/v1/auth/register"))
@@ -246,11 +252,52 @@ async fn an_answer_cannot_end_the_stream(gw: &Gateway) {
     gw.still_healthy().await;
 }
 
+/// Sends `head` (and then nothing) on a fresh connection; what the server answers, up to EOF.
+async fn raw(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server does not wait for ever")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn slow_and_lying_clients_are_shown_the_door(gw: &Gateway) {
+    // A body announced over the limit is refused before a byte of it is read.
+    let answer = raw(
+        &gw.base,
+        "POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A body that stops arriving is given up on.
+    let answer = raw(
+        &gw.base,
+        "POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"em",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Headers that stop arriving end the connection.
+    let answer = raw(
+        &gw.base,
+        "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    )
+    .await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    gw.still_healthy().await;
+}
+
 async fn every_group(stores: Stores) {
     let gw = start(stores).await;
     input_the_store_would_refuse_is_a_4xx(&gw).await;
     parsing_is_strict(&gw).await;
     an_answer_cannot_end_the_stream(&gw).await;
+    slow_and_lying_clients_are_shown_the_door(&gw).await;
 }
 
 #[tokio::test]
