@@ -199,16 +199,23 @@ impl DynamoStore {
     }
 
     /// Gives a rate slot back (the request was refused by its monthly limit).
+    /// The give-back names the request in the window's `released` set, on condition it is not
+    /// there yet: an SDK resend of it (after a lost answer) changes nothing, and so can never
+    /// free another request's slot.
     async fn release_rate_slot(&self, a: &Admission) -> Result<(), StoreError> {
         let released = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(keys::rate_window(&a.org, a.minute))))
-            .update_expression("ADD requests :minus_one")
-            .condition_expression("requests > :zero")
+            .update_expression("ADD requests :minus_one, released :request")
+            .condition_expression(
+                "requests > :zero AND (attribute_not_exists(released) OR NOT contains(released, :id))",
+            )
             .expression_attribute_values(":minus_one", n(-1))
             .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":request", AttributeValue::Ss(vec![a.request_id.clone()]))
+            .expression_attribute_values(":id", s(a.request_id.as_str()))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .metered(&self.metrics, Units::Write)
@@ -491,5 +498,85 @@ impl MeterStore for DynamoStore {
             .iter()
             .map(RequestRecord::try_from)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MeterStore;
+
+    /// A store on a fresh table of the DynamoDB server the test command started, if any.
+    async fn store() -> Option<DynamoStore> {
+        let endpoint = std::env::var("GATEWAY_TEST_DYNAMODB_ENDPOINT").ok()?;
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        let table = format!("meter-{}", uuid::Uuid::new_v4().simple());
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), table);
+        store.create_table_if_missing().await.ok()?;
+        Some(store)
+    }
+
+    fn admission(org: &OrgId, request_id: &str) -> Admission {
+        Admission {
+            org: org.clone(),
+            request_id: request_id.to_owned(),
+            minute: 33_000_000,
+            requests_per_minute: 10,
+            month: "2030-11".to_owned(),
+            messages_limit: None,
+            tokens_limit: None,
+            hold: Hold {
+                request_id: request_id.to_owned(),
+                model: "gemini-1.5-flash".to_owned(),
+                tokens: 10,
+                expires_at: 2_000_000_000,
+            },
+            rate_expires_at: 2_000_000_000,
+            month_expires_at: 2_000_000_000,
+            access: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_give_back_frees_no_other_requests_slot() {
+        let Some(store) = store().await else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "GATEWAY_TEST_DYNAMODB_ENDPOINT must be set under CI"
+            );
+            return;
+        };
+        // GIVEN two requests in a minute's window
+        let org = OrgId::generate();
+        for id in ["first", "second"] {
+            let admitted = store.admit(&admission(&org, id)).await.expect("admit");
+            assert!(
+                matches!(admitted, AdmitOutcome::Admitted { .. }),
+                "{admitted:?}"
+            );
+        }
+        // WHEN the first's slot is given back, and the give-back sent again (an SDK resend)
+        store
+            .release_rate_slot(&admission(&org, "first"))
+            .await
+            .expect("release");
+        store
+            .release_rate_slot(&admission(&org, "first"))
+            .await
+            .expect("resent");
+        // THEN only one slot was freed: the second request still holds its own
+        let window = store
+            .get(keys::rate_window(&org, 33_000_000))
+            .await
+            .expect("read")
+            .expect("window");
+        assert_eq!(get_u64(&window, "requests").expect("requests"), 1);
     }
 }
