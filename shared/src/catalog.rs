@@ -76,7 +76,13 @@ pub struct Plan {
     pub tokens_per_month: Limit,
     pub max_tokens_per_request: u32,
     pub models: ModelSet,
+    /// Requests of one org running at once (each holds tokens in the month's item, which must
+    /// stay far from DynamoDB's 400 KB item limit).
+    pub max_in_flight: u64,
 }
+
+/// The requests in flight a plan allows when the operator's file does not say.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 100;
 
 impl Plan {
     pub fn allows(&self, model: &ModelId) -> bool {
@@ -221,7 +227,9 @@ fn builtin_models() -> BTreeMap<ModelId, Model> {
 
 /// SPEC §3's plans.
 fn builtin_plans() -> BTreeMap<PlanId, Plan> {
-    let plan = |id: &str, rpm, messages, tokens, max_tokens, models| {
+    let plan = |id: &str, rpm: u64, messages, tokens, max_tokens, models| {
+        // Room for every request of a minute to run for a few minutes.
+        let in_flight = (rpm * 2).max(10);
         (
             PlanId::from(id),
             Plan {
@@ -231,6 +239,7 @@ fn builtin_plans() -> BTreeMap<PlanId, Plan> {
                 tokens_per_month: tokens,
                 max_tokens_per_request: max_tokens,
                 models,
+                max_in_flight: in_flight,
             },
         )
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Catalog, Limit, Model, ModelSet, Plan, ProviderKind};
+use crate::catalog::{Catalog, Limit, Model, ModelSet, Plan, ProviderKind, DEFAULT_MAX_IN_FLIGHT};
 use crate::ids::{ModelId, PlanId};
 use crate::money::NanoUsd;
 use crate::secret::Secret;
@@ -270,6 +270,7 @@ struct PlanPatch {
     tokens_per_month: Option<LimitValue>,
     max_tokens_per_request: Option<u32>,
     models: Option<ModelsValue>,
+    max_in_flight: Option<u64>,
 }
 
 /// A count, or the string `"unlimited"`.
@@ -491,6 +492,9 @@ fn apply_plan(catalog: &mut Catalog, id: String, patch: PlanPatch) -> Result<(),
             if let Some(v) = models {
                 plan.models = v;
             }
+            if let Some(v) = patch.max_in_flight {
+                plan.max_in_flight = v;
+            }
             plan
         }
         None => {
@@ -506,12 +510,14 @@ fn apply_plan(catalog: &mut Catalog, id: String, patch: PlanPatch) -> Result<(),
                     .max_tokens_per_request
                     .ok_or_else(|| missing("max_tokens_per_request"))?,
                 models: models.ok_or_else(|| missing("models"))?,
+                max_in_flight: patch.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
             }
         }
     };
-    if plan.requests_per_minute == 0 || plan.max_tokens_per_request == 0 {
+    if plan.requests_per_minute == 0 || plan.max_tokens_per_request == 0 || plan.max_in_flight == 0
+    {
         return Err(format!(
-            "{at}: requests_per_minute and max_tokens_per_request must be positive"
+            "{at}: requests_per_minute, max_tokens_per_request and max_in_flight must be positive"
         ));
     }
     catalog.plans.insert(plan_id, plan);

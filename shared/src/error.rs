@@ -87,6 +87,8 @@ pub enum LimitError {
     RateLimited { limit: u64, reset_secs: u64 },
     #[error("Monthly limit exceeded. Upgrade your plan to continue.")]
     MonthlyExceeded,
+    #[error("Too many requests in flight. Max {limit} at once.")]
+    TooManyInFlight { limit: u64 },
 }
 
 /// Every error a request can end in.
@@ -148,6 +150,9 @@ impl GatewayError {
             },
             GatewayError::Limit(LimitError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Limit(LimitError::MonthlyExceeded) => StatusCode::PAYMENT_REQUIRED,
+            GatewayError::Limit(LimitError::TooManyInFlight { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Provider(e) => e.status(),
             GatewayError::Store(e) => e.status(),
             GatewayError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

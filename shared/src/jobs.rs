@@ -501,23 +501,11 @@ async fn refused(
         }
         GatewayError::Limit(LimitError::RateLimited { reset_secs, .. }) => {
             // The minute is full: the item waits for the next one, unless it has waited too long.
-            let waiting_since = message.waiting_since.unwrap_or(unix);
-            if unix.saturating_sub(waiting_since) > MAX_WAIT_SECS {
-                let reason = format!(
-                    "waited over {} minutes for the org's rate limit: {}",
-                    MAX_WAIT_SECS / 60,
-                    err.detail()
-                );
-                return claimed.fail(reason).await;
-            }
-            claimed.release().await?;
-            Ok(Step::Wait {
-                message: JobMessage {
-                    waiting_since: Some(waiting_since),
-                    ..message.clone()
-                },
-                delay: Duration::from_secs(reset_secs + jitter_secs(&claimed.item)),
-            })
+            wait(claimed, message, (reset_secs, err), unix).await
+        }
+        GatewayError::Limit(LimitError::TooManyInFlight { .. }) => {
+            // The org runs all it may at once: the item waits a few seconds for a place.
+            wait(claimed, message, (IN_FLIGHT_WAIT_SECS, err), unix).await
         }
         GatewayError::Request(_) | GatewayError::Plan(_) | GatewayError::Limit(_) => {
             claimed.fail(err.detail()).await
@@ -527,6 +515,36 @@ async fn refused(
             Err(other)
         }
     }
+}
+
+/// How long an item waits when its org has as many requests in flight as the plan allows.
+const IN_FLIGHT_WAIT_SECS: u64 = 5;
+
+/// Lets the item wait `secs` (plus a jitter) for its message to come back, unless it has waited
+/// too long already: then it fails with `err`'s reason.
+async fn wait(
+    claimed: &Claimed<'_>,
+    message: &JobMessage,
+    (secs, err): (u64, GatewayError),
+    unix: i64,
+) -> Result<Step, GatewayError> {
+    let waiting_since = message.waiting_since.unwrap_or(unix);
+    if unix.saturating_sub(waiting_since) > MAX_WAIT_SECS {
+        let reason = format!(
+            "waited over {} minutes for the org's limits: {}",
+            MAX_WAIT_SECS / 60,
+            err.detail()
+        );
+        return claimed.fail(reason).await;
+    }
+    claimed.release().await?;
+    Ok(Step::Wait {
+        message: JobMessage {
+            waiting_since: Some(waiting_since),
+            ..message.clone()
+        },
+        delay: Duration::from_secs(secs + jitter_secs(&claimed.item)),
+    })
 }
 
 /// Up to two seconds, fixed per item, so a batch that waited does not come back all at once.

@@ -116,6 +116,7 @@ impl Windows {
             month: self.month.clone(),
             messages_limit: plan.messages_per_month,
             tokens_limit: plan.tokens_per_month,
+            in_flight_limit: plan.max_in_flight,
             hold: Hold {
                 request_id: request_id.to_owned(),
                 model: chat.model.id.to_string(),
@@ -148,6 +149,8 @@ enum Next {
     /// Try again asking for this many output tokens: all that is left.
     Clamp(u64),
     Refuse,
+    /// The org already has as many requests running as its plan allows.
+    TooManyInFlight,
 }
 
 /// Admits a request against the org's plan, or says why not. With `access`, the plan and the
@@ -220,6 +223,12 @@ pub async fn admit(
                     Next::Retry => {}
                     Next::Clamp(output) => max_tokens = output,
                     Next::Refuse => break,
+                    Next::TooManyInFlight => {
+                        return Err(LimitError::TooManyInFlight {
+                            limit: plan.max_in_flight,
+                        }
+                        .into())
+                    }
                 }
             }
         }
@@ -249,6 +258,9 @@ async fn after_refusal(
             release_abandoned(meter, org, month, hold, (now, retention)).await?;
         }
         return Ok(Next::Retry);
+    }
+    if u64::try_from(counter.holds.len()).unwrap_or(u64::MAX) >= plan.max_in_flight {
+        return Ok(Next::TooManyInFlight);
     }
     if plan
         .messages_per_month

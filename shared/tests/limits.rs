@@ -27,6 +27,7 @@ fn plan(rpm: u64, messages: Option<u64>, tokens: Option<u64>) -> Plan {
         tokens_per_month: tokens,
         max_tokens_per_request: 8_192,
         models: ModelSet::All,
+        max_in_flight: 1_000,
     }
 }
 
@@ -504,6 +505,7 @@ async fn an_admission_sent_twice_counts_once(store: Arc<dyn Store>) {
         requests_per_minute: 100,
         month: "2030-11".to_owned(),
         messages_limit: Some(10),
+        in_flight_limit: 1_000,
         tokens_limit: Some(10_000),
         hold: Hold {
             request_id: "request-sent-twice".to_owned(),
@@ -608,6 +610,48 @@ async fn a_dead_hold_is_released_by_the_next_admission_even_without_limits(store
     );
 }
 
+async fn requests_in_flight_are_capped_by_the_plan(store: Arc<dyn Store>) {
+    // GIVEN a plan that lets an org run 3 requests at once
+    let org = OrgId::generate();
+    let plan = Plan {
+        max_in_flight: 3,
+        ..plan(1_000, None, None)
+    };
+    // WHEN 10 arrive together and none has finished
+    let results = burst(&store, 10, &org, &plan, 10).await;
+    // THEN exactly 3 run; the others are told to wait, and took nothing
+    let admitted: Vec<Ticket> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    assert_eq!(admitted.len(), 3);
+    assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(
+        r,
+        Err(GatewayError::Limit(LimitError::TooManyInFlight {
+            limit: 3
+        }))
+    )));
+    let counter = store.month_counter(&org, "2030-11").await.expect("counter");
+    assert_eq!((counter.messages, counter.holds.len()), (3, 3));
+    // AND once one settles, another may run
+    settle(
+        &store,
+        &admitted[0],
+        &org,
+        Ok(Usage {
+            input_tokens: 5,
+            output_tokens: 5,
+        }),
+        NOW,
+    )
+    .await;
+    assert!(admit(&store, NOW, &org, &plan, 10).await.is_ok());
+    assert!(matches!(
+        admit(&store, NOW, &org, &plan, 10).await,
+        Err(GatewayError::Limit(LimitError::TooManyInFlight { .. }))
+    ));
+}
+
 macro_rules! meter_contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -635,6 +679,7 @@ macro_rules! meter_contract {
 }
 
 meter_contract!(
+    requests_in_flight_are_capped_by_the_plan,
     a_burst_admits_exactly_the_rate_limit,
     a_burst_admits_exactly_the_remaining_messages,
     concurrent_holds_never_exceed_the_token_limit,

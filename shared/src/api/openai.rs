@@ -567,6 +567,12 @@ fn classify(
         GatewayError::Limit(LimitError::RateLimited { .. }) => {
             (status, "requests", None, Some("rate_limit_exceeded"))
         }
+        GatewayError::Limit(LimitError::TooManyInFlight { .. }) => (
+            status,
+            "requests",
+            None,
+            Some("too_many_requests_in_flight"),
+        ),
         GatewayError::Limit(LimitError::MonthlyExceeded) => (
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
@@ -598,6 +604,9 @@ fn error(err: GatewayError, request_id: &str) -> HttpResponse {
             };
             limit_headers(headers, rate, None);
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(reset_secs));
+        }
+        GatewayError::Limit(LimitError::TooManyInFlight { .. }) => {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(1));
         }
         // A used-up month does not come back by retrying: SDKs read this and stop.
         GatewayError::Limit(LimitError::MonthlyExceeded) => {

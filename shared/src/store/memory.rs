@@ -260,7 +260,9 @@ impl MeterStore for MemoryStore {
                 committed: counter.committed,
             });
         }
-        let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l);
+        let in_flight = u64::try_from(counter.holds.len()).unwrap_or(u64::MAX);
+        let messages_full = a.messages_limit.is_some_and(|l| counter.messages >= l)
+            || in_flight >= a.in_flight_limit;
         let tokens_full = a
             .tokens_limit
             .is_some_and(|l| counter.committed.saturating_add(a.hold.tokens) > l);

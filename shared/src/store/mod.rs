@@ -246,6 +246,8 @@ pub struct Admission {
     pub month: String,
     pub messages_limit: Option<u64>,
     pub tokens_limit: Option<u64>,
+    /// Holds (requests in flight) the month's item may carry at once.
+    pub in_flight_limit: u64,
     pub hold: Hold,
     /// Epoch seconds at which DynamoDB may delete the rate window and the month counter.
     pub rate_expires_at: i64,
@@ -353,6 +355,11 @@ pub struct MonthChange {
     pub tokens: u64,
     pub committed_releasing_hold: i64,
     pub committed_without_hold: i64,
+}
+
+impl MonthChange {
+    /// What releasing the hold does to the count of requests in flight.
+    pub const IN_FLIGHT_RELEASED: i64 = -1;
 }
 
 /// What a settlement adds to one day's aggregate of one model.

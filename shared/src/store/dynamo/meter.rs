@@ -21,8 +21,8 @@ use super::table::{
 };
 use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
-    Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthCounter, OrgAccess, Outcome, Party,
-    RequestRecord, Settlement, StoreError,
+    Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthChange, MonthCounter, OrgAccess,
+    Outcome, Party, RequestRecord, Settlement, StoreError,
 };
 
 impl TryFrom<&Item> for MonthCounter {
@@ -271,7 +271,8 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(keys::month(&a.org, &a.month))))
             .update_expression(
-                "ADD messages :one, committed :hold SET #hold = :hold_item, expires_at = :ttl",
+                "ADD messages :one, committed :hold, in_flight :one \
+                 SET #hold = :hold_item, expires_at = :ttl",
             )
             .expression_attribute_names("#hold", hold_name.as_str())
             .expression_attribute_values(":one", n(1))
@@ -288,6 +289,8 @@ impl DynamoStore {
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        conditions.push("(attribute_not_exists(in_flight) OR in_flight < :in_flight_limit)");
+        request = request.expression_attribute_values(":in_flight_limit", n(a.in_flight_limit));
         if let Some(limit) = a.messages_limit {
             conditions.push("(attribute_not_exists(messages) OR messages < :messages_limit)");
             request = request.expression_attribute_values(":messages_limit", n(limit));
@@ -338,7 +341,9 @@ impl DynamoStore {
         let mut expression =
             "ADD committed :committed, messages :messages, tokens :tokens".to_owned();
         if with_hold {
-            expression.push_str(" REMOVE #hold");
+            expression.push_str(", in_flight :in_flight REMOVE #hold");
+            update = update
+                .expression_attribute_values(":in_flight", n(MonthChange::IN_FLIGHT_RELEASED));
             update = update
                 .expression_attribute_names("#hold", keys::hold(&st.record.request_id))
                 .condition_expression("attribute_exists(#hold)");
@@ -532,6 +537,7 @@ mod tests {
             month: "2030-11".to_owned(),
             messages_limit: None,
             tokens_limit: None,
+            in_flight_limit: 100,
             hold: Hold {
                 request_id: request_id.to_owned(),
                 model: "gemini-1.5-flash".to_owned(),
