@@ -172,7 +172,7 @@ impl Settings {
                 connect_timeout: env_secs("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5)?,
                 request_timeout: env_secs("PROVIDER_TIMEOUT_SECONDS", 25)?,
                 idle_timeout: env_secs("PROVIDER_IDLE_TIMEOUT_SECONDS", 25)?,
-                deadline: env_secs("CHAT_DEADLINE_SECONDS", 27)?,
+                deadline: env_secs("CHAT_DEADLINE_SECONDS", 25)?,
             },
             catalog,
         })

@@ -89,6 +89,8 @@ pub enum LimitError {
     MonthlyExceeded,
     #[error("Too many requests in flight. Max {limit} at once.")]
     TooManyInFlight { limit: u64 },
+    #[error("Too many attempts. Retry in {reset_secs} seconds.")]
+    Throttled { reset_secs: u64 },
 }
 
 /// Every error a request can end in.
@@ -109,6 +111,9 @@ pub enum GatewayError {
     /// The job was stored but none of its items could be queued: they are marked failed.
     #[error("The job queue is unavailable; job {0} was not started and its items are marked failed. Retry shortly.")]
     QueueUnavailable(crate::ids::JobId),
+    /// The gateway is at capacity for this kind of work; the caller may retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -150,12 +155,14 @@ impl GatewayError {
             },
             GatewayError::Limit(LimitError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Limit(LimitError::MonthlyExceeded) => StatusCode::PAYMENT_REQUIRED,
-            GatewayError::Limit(LimitError::TooManyInFlight { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            GatewayError::Limit(
+                LimitError::TooManyInFlight { .. } | LimitError::Throttled { .. },
+            ) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Provider(e) => e.status(),
             GatewayError::Store(e) => e.status(),
-            GatewayError::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::QueueUnavailable(_) | GatewayError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

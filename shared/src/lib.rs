@@ -24,6 +24,7 @@ pub mod secret;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod usage;
 
 pub use error::GatewayError;

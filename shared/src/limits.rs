@@ -27,7 +27,7 @@ pub const MIN_CLAMPED_OUTPUT: u64 = 16;
 /// Per-message framing the providers add around the text.
 const TOKENS_PER_MESSAGE: u64 = 8;
 /// How many times admission retries after clamping or releasing dead holds.
-const ATTEMPTS: usize = 4;
+const ATTEMPTS: u32 = 4;
 
 /// The rate-limit state a response reports in `X-RateLimit-*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,7 @@ impl Windows {
         Admission {
             org: org.clone(),
             request_id: request_id.to_owned(),
+            attempt: 0,
             minute: self.minute,
             requests_per_minute: plan.requests_per_minute,
             month: self.month.clone(),
@@ -168,10 +169,11 @@ pub async fn admit(
     let input = input_upper_bound(&chat.request);
     let mut max_tokens = u64::from(chat.request.max_tokens);
     let request_id = uuid::Uuid::now_v7().to_string();
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
         // Confirmed once is enough: a retry below reuses what the first attempt read.
         let hold = input.saturating_add(max_tokens);
-        let admission = at.admission(org, plan, chat, (&request_id, hold), access.take());
+        let mut admission = at.admission(org, plan, chat, (&request_id, hold), access.take());
+        admission.attempt = attempt;
         match meter.admit(&admission).await? {
             AdmitOutcome::AccessChanged => return Ok(Verdict::AccessChanged),
             AdmitOutcome::Admitted {
@@ -259,8 +261,17 @@ async fn after_refusal(
         }
         return Ok(Next::Retry);
     }
-    if u64::try_from(counter.holds.len()).unwrap_or(u64::MAX) >= plan.max_in_flight {
-        return Ok(Next::TooManyInFlight);
+    if counter.in_flight >= plan.max_in_flight {
+        let holds = u64::try_from(counter.holds.len()).unwrap_or(u64::MAX);
+        if holds >= plan.max_in_flight {
+            return Ok(Next::TooManyInFlight);
+        }
+        // The count drifted above the holds it counts (an older version settled without
+        // it): set it right and try again.
+        meter
+            .recount_in_flight(org, month, counter.in_flight, holds)
+            .await?;
+        return Ok(Next::Retry);
     }
     if plan
         .messages_per_month

@@ -160,11 +160,12 @@ struct Call {
 }
 
 impl Call {
-    /// The model that answered, or the admitted one until one did.
+    /// The model that answered, else the last one asked, else the admitted one.
     fn served(&self) -> &Model {
         self.attempts
             .answered_by
             .as_ref()
+            .or(self.attempts.last_tried.as_ref())
             .unwrap_or(&self.chat.model)
     }
 

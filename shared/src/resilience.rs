@@ -34,6 +34,8 @@ pub struct Attempts {
     pub made: u32,
     /// The model that answered, if one did.
     pub answered_by: Option<Model>,
+    /// The last model asked, answered or not.
+    pub last_tried: Option<Model>,
 }
 
 /// The request for one of the call's models: the same conversation, that model's upstream id,
@@ -76,6 +78,7 @@ pub async fn call(
             fallback = request_for(base, model);
             &fallback
         };
+        attempts.last_tried = Some(model.clone());
         match call_model(providers, policy, (model, request), ask, deadline, attempts).await {
             Ok(reply) => {
                 attempts.answered_by = Some(model.clone());

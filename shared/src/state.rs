@@ -31,6 +31,9 @@ pub struct AppState {
     pub key_hasher: KeyHasher,
     /// How long a whole answer (not a stream) may take in all, retries and fallbacks included.
     pub deadline: std::time::Duration,
+    /// Password hashes computed at once: each holds ~19 MiB and a core while it runs, so a flood
+    /// of logins queues here instead of exhausting memory.
+    pub hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a function could not start.
@@ -56,6 +59,9 @@ impl AppState {
             access: Arc::new(AccessCache::new()),
             key_hasher: KeyHasher::new(&settings.jwt_secret),
             deadline: settings.providers.deadline,
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
         })
     }
 

@@ -499,6 +499,7 @@ async fn an_admission_sent_twice_counts_once(store: Arc<dyn Store>) {
     let org = OrgId::generate();
     let unix = NOW.unix_timestamp();
     let admission = Admission {
+        attempt: 0,
         org: org.clone(),
         request_id: "request-sent-twice".to_owned(),
         minute: unix.div_euclid(60),
@@ -610,6 +611,26 @@ async fn a_dead_hold_is_released_by_the_next_admission_even_without_limits(store
     );
 }
 
+async fn a_request_refused_after_several_tries_gives_back_every_slot(store: Arc<dyn Store>) {
+    // GIVEN a month with its one message used by a request that then died
+    let org = OrgId::generate();
+    let one_message = plan(1_000, Some(1), None);
+    let _dead = admit(&store, NOW, &org, &one_message, 10)
+        .await
+        .expect("admitted");
+    // WHEN, after its hold expired, a request is refused, tries again once the dead hold is
+    // released, and is refused again (its message stays counted)
+    let later = NOW + time::Duration::minutes(20);
+    assert!(is_monthly(
+        &admit(&store, later, &org, &one_message, 10).await
+    ));
+    // THEN each of its tries gave its rate slot back: the next request is alone in the window
+    let next = admit(&store, later, &org, &plan_without_messages(), 10)
+        .await
+        .expect("admitted");
+    assert_eq!(next.rate.remaining, 1_000 - 1);
+}
+
 async fn requests_in_flight_are_capped_by_the_plan(store: Arc<dyn Store>) {
     // GIVEN a plan that lets an org run 3 requests at once
     let org = OrgId::generate();
@@ -679,6 +700,7 @@ macro_rules! meter_contract {
 }
 
 meter_contract!(
+    a_request_refused_after_several_tries_gives_back_every_slot,
     requests_in_flight_are_capped_by_the_plan,
     a_burst_admits_exactly_the_rate_limit,
     a_burst_admits_exactly_the_remaining_messages,

@@ -246,7 +246,7 @@ async fn start_gateway(simulator: &str, stores: Stores) -> anyhow::Result<String
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(25),
-            deadline: Duration::from_secs(27),
+            deadline: Duration::from_secs(25),
         },
         catalog,
     };

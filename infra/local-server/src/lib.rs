@@ -202,7 +202,7 @@ pub async fn serve_with(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors and the like: wait a moment rather than spin.
@@ -216,7 +216,8 @@ pub async fn serve_with(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY on an accepted socket");
         }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let client = axum::Extension(gateway::api::extract::ClientAddr(peer.ip()));
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(client));
         tokio::spawn(async move {
             let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

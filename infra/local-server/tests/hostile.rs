@@ -28,7 +28,11 @@ fn options() -> Options {
         table: String::new(),
         create_tables: false,
         admin_token: None,
-        clock: None,
+        // Mid-window, so no minute or sign-in window turns during a test (and in the future:
+        // DynamoDB Local deletes expired items).
+        clock: Some(Arc::new(gateway::clock::ManualClock::new(
+            time::macros::datetime!(2030-11-15 12:05:30 UTC),
+        ))),
         job_retry_after: Duration::from_millis(200),
     }
 }
@@ -61,6 +65,7 @@ async fn start(stores: Stores) -> Gateway {
         "http://unused",
         None,
     );
+    let orgs = stores.orgs.clone();
     let router = local_server::build_on(settings, stores, &options())
         .await
         .expect("gateway");
@@ -99,11 +104,19 @@ async fn start(stores: Stores) -> Gateway {
         .json()
         .await
         .expect("json");
+    let org = org["id"].as_str().expect("id").to_owned();
+    // Room for every group's chats within the test's one minute.
+    orgs.set_plan(
+        &gateway::ids::OrgId::from(org.as_str()),
+        &gateway::ids::PlanId::from("team"),
+    )
+    .await
+    .expect("plan");
     Gateway {
         base,
         http,
         token,
-        org: org["id"].as_str().expect("id").to_owned(),
+        org,
     }
 }
 
@@ -292,12 +305,63 @@ async fn slow_and_lying_clients_are_shown_the_door(gw: &Gateway) {
     gw.still_healthy().await;
 }
 
+async fn sign_ins_and_sign_ups_cannot_be_hammered(gw: &Gateway) {
+    let password = "correct horse battery";
+    let register = |email: String| {
+        gw.http
+            .post(format!("{}/api/v1/auth/register", gw.base))
+            .json(&json!({"email": email, "password": password}))
+    };
+    let login = |password: &str| {
+        gw.http
+            .post(format!("{}/api/v1/auth/login", gw.base))
+            .form(&[("username", "victim@example.com"), ("password", password)])
+    };
+    assert_eq!(
+        register("victim@example.com".into())
+            .send()
+            .await
+            .expect("register")
+            .status(),
+        StatusCode::CREATED
+    );
+    // Ten wrong passwords for one email...
+    for _ in 0..gateway::throttle::FAILED_LOGINS_PER_EMAIL {
+        let (status, _) = gw.status_and_detail(login("wrong password!")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // ...and its logins are refused for the window, the right password too, with a wait to honour.
+    let response = login(password).send().await.expect("login");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+    // One address registers at most its allowance per window (mallory and victim so far).
+    for i in 2..gateway::throttle::REGISTRATIONS_PER_ADDRESS {
+        let status = register(format!("bulk{i}@example.com"))
+            .send()
+            .await
+            .expect("register")
+            .status();
+        assert_eq!(status, StatusCode::CREATED, "registration {i}");
+    }
+    let (status, detail) = gw
+        .status_and_detail(register("one-more@example.com".into()))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{detail}");
+    gw.still_healthy().await;
+}
+
 async fn every_group(stores: Stores) {
     let gw = start(stores).await;
     input_the_store_would_refuse_is_a_4xx(&gw).await;
     parsing_is_strict(&gw).await;
     an_answer_cannot_end_the_stream(&gw).await;
     slow_and_lying_clients_are_shown_the_door(&gw).await;
+    sign_ins_and_sign_ups_cannot_be_hammered(&gw).await;
 }
 
 #[tokio::test]

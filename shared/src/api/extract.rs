@@ -81,6 +81,26 @@ pub fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> 
     state.tokens.verify(bearer_token(request.headers())?)
 }
 
+/// The client's address on the local server (the peer of its connection), set per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// Where the request came from: API Gateway's `sourceIp` in Lambda, the peer's address on the
+/// local server, else `unknown` (every such request then shares one allowance).
+pub fn client_address(request: &Request) -> String {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    if let Some(RequestContext::ApiGatewayV1(context)) = request.request_context_ref() {
+        if let Some(ip) = context.identity.source_ip.as_deref() {
+            return ip.chars().take(64).collect();
+        }
+    }
+    match request.extensions().get::<ClientAddr>() {
+        Some(ClientAddr(ip)) => ip.to_string(),
+        None => "unknown".to_owned(),
+    }
+}
+
 /// The org id in `X-Current-Org`.
 pub fn org_header(request: &Request) -> Result<OrgId, AuthError> {
     let org = request

@@ -24,6 +24,7 @@ use crate::metered;
 use crate::queue::JobMessage;
 use crate::state::AppState;
 use crate::store::{Membership, OrgRecord, StoreError, UserRecord};
+use crate::throttle;
 use crate::usage;
 use extract::{caller, current_org, form_body, json_body, principal, principal_org};
 use respond::{finish, json, HttpResponse};
@@ -81,13 +82,25 @@ fn check_password(password: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// Runs CPU-heavy password work off the async threads.
+/// How long password work waits for a place before the caller is told to come back.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs CPU- and memory-heavy password work off the async threads, a bounded number at once.
 async fn blocking<T: Send + 'static>(
+    state: &AppState,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, GatewayError> {
-    tokio::task::spawn_blocking(work)
+    let place = tokio::time::timeout(HASHING_WAIT, state.hashing.clone().acquire_owned()).await;
+    let Ok(Ok(place)) = place else {
+        return Err(GatewayError::Busy(
+            "Too many sign-ins at once. Retry in a few seconds.".into(),
+        ));
+    };
+    let done = tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| GatewayError::Internal(format!("password task failed: {e}")))
+        .map_err(|e| GatewayError::Internal(format!("password task failed: {e}")));
+    drop(place);
+    done
 }
 
 /// `POST /api/v1/auth/register` with `{"email", "password"}` → 201 and a token.
@@ -99,8 +112,9 @@ async fn register_inner(state: &AppState, request: &Request) -> Result<HttpRespo
     let body: Credentials = json_body(request)?;
     let email = normalise_email(&body.email)?;
     check_password(&body.password)?;
+    throttle::registration(state, &extract::client_address(request)).await?;
     let password = body.password;
-    let password_hash = blocking(move || auth::hash_password(&password)).await??;
+    let password_hash = blocking(state, move || auth::hash_password(&password)).await??;
     let user = UserRecord {
         id: UserId::generate(),
         email,
@@ -135,6 +149,10 @@ pub async fn login(state: &AppState, request: Request) -> HandlerResult {
 
 async fn login_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let form: LoginForm = form_body(request)?;
+    let address = extract::client_address(request);
+    let name = form.username.trim().to_lowercase();
+    let name: String = name.chars().take(254).collect();
+    throttle::check_login(state, &name, &address).await?;
     // A name that could not have registered (too long for a key, control characters) or a
     // password no account can have is not looked up; it fails as a wrong password would.
     let user = match normalise_email(&form.username) {
@@ -144,7 +162,7 @@ async fn login_inner(state: &AppState, request: &Request) -> Result<HttpResponse
         _ => None,
     };
     let password: String = form.password.chars().take(MAX_PASSWORD_CHARS).collect();
-    let verified = blocking(move || match user {
+    let verified = blocking(state, move || match user {
         Some(user) if auth::verify_password(&password, &user.password_hash) => Some(user),
         Some(_) => None,
         None => {
@@ -153,7 +171,10 @@ async fn login_inner(state: &AppState, request: &Request) -> Result<HttpResponse
         }
     })
     .await?;
-    let user = verified.ok_or(AuthError::BadCredentials)?;
+    let Some(user) = verified else {
+        throttle::failed_login(state, &name, &address).await;
+        return Err(AuthError::BadCredentials.into());
+    };
     Ok(json(
         StatusCode::OK,
         &token_body(state, &user.id, &user.email)?,

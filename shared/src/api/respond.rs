@@ -63,6 +63,12 @@ pub fn error(err: GatewayError) -> HttpResponse {
             .headers_mut()
             .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     }
+    if let GatewayError::Limit(LimitError::Throttled { reset_secs }) = err {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(reset_secs),
+        );
+    }
     if let GatewayError::Limit(LimitError::TooManyInFlight { .. }) = err {
         // Another request of the org will finish soon; a second is a fair wait.
         response

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::{
     Admission, AdmitOutcome, ApiKeyRecord, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage,
     JobRecord, JobStore, KeyStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord,
-    OrgStore, Party, RequestRecord, Role, Settlement, StoreError, UserRecord, UserStore,
+    OrgStore, Party, RequestRecord, Role, Settlement, StoreError, Throttle, UserRecord, UserStore,
 };
 use crate::ids::{JobId, KeyId, OrgId, PlanId, UserId};
 
@@ -29,6 +29,8 @@ struct Inner {
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
     /// API keys by hash.
     keys: HashMap<String, ApiKeyRecord>,
+    /// Throttle counters by (kind, subject, window).
+    throttles: HashMap<(&'static str, String, i64), u64>,
 }
 
 impl Inner {
@@ -231,6 +233,39 @@ impl KeyStore for MemoryStore {
 
 #[async_trait]
 impl MeterStore for MemoryStore {
+    async fn throttle(&self, t: &Throttle) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let count = inner
+            .throttles
+            .entry((t.kind, t.subject.clone(), t.window))
+            .or_insert(0);
+        if *count >= t.limit {
+            return Ok(false);
+        }
+        *count += 1;
+        Ok(true)
+    }
+
+    async fn recount_in_flight(
+        &self,
+        _: &OrgId,
+        _: &str,
+        _: u64,
+        _: u64,
+    ) -> Result<(), StoreError> {
+        // Counted from the holds themselves: never drifts.
+        Ok(())
+    }
+
+    async fn throttled(&self, t: &Throttle) -> Result<u64, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .throttles
+            .get(&(t.kind, t.subject.clone(), t.window))
+            .copied()
+            .unwrap_or(0))
+    }
+
     async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
         let mut inner = self.lock();
         if let Some(check) = &a.access {
@@ -247,7 +282,8 @@ impl MeterStore for MemoryStore {
             });
         }
         let key = (a.org.clone(), a.month.clone());
-        let counter = inner.months.get(&key).cloned().unwrap_or_default();
+        let mut counter = inner.months.get(&key).cloned().unwrap_or_default();
+        counter.in_flight = u64::try_from(counter.holds.len()).unwrap_or(u64::MAX);
         if counter
             .holds
             .iter()

@@ -231,6 +231,9 @@ pub struct MonthCounter {
     /// `tokens` plus every live hold: what the token limit is checked against.
     pub committed: u64,
     pub holds: Vec<Hold>,
+    /// Requests in flight as the store counts them for the plan's cap (the holds' number,
+    /// unless it drifted).
+    pub in_flight: u64,
 }
 
 /// One request asking to be let in: a slot in the org's minute window, a message and a token hold
@@ -239,6 +242,9 @@ pub struct MonthCounter {
 pub struct Admission {
     pub org: OrgId,
     pub request_id: String,
+    /// Which of the request's tries this is (admission tries again after clamping or releasing
+    /// dead holds): each try's rate slot is given back on its own.
+    pub attempt: u32,
     /// Epoch minute of the rate window (in the key, so TTL lag never matters).
     pub minute: i64,
     pub requests_per_minute: u64,
@@ -419,9 +425,35 @@ pub struct DailyUsage {
     pub estimated_cost: u64,
 }
 
+/// A counter of attempts (failed logins, registrations) of one kind by one subject in one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    pub kind: &'static str,
+    /// The email or client address counted.
+    pub subject: String,
+    /// The window's index (epoch seconds divided by its length): in the key, so TTL lag never
+    /// matters.
+    pub window: i64,
+    pub limit: u64,
+    /// Epoch seconds at which the counter may be deleted.
+    pub expires_at: i64,
+}
+
 /// Limits and metering: the counters that must hold under concurrency.
 #[async_trait]
 pub trait MeterStore: Send + Sync {
+    /// Sets the month's in-flight count to `holds` if it still reads `seen`.
+    async fn recount_in_flight(
+        &self,
+        org: &OrgId,
+        month: &str,
+        seen: u64,
+        holds: u64,
+    ) -> Result<(), StoreError>;
+    /// Counts one attempt if the counter is under its limit; false (nothing counted) if not.
+    async fn throttle(&self, counter: &Throttle) -> Result<bool, StoreError>;
+    /// The attempts counted so far.
+    async fn throttled(&self, counter: &Throttle) -> Result<u64, StoreError>;
     async fn admit(&self, admission: &Admission) -> Result<AdmitOutcome, StoreError>;
     /// Settles a request. Settling the same request twice changes nothing the second time.
     async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError>;

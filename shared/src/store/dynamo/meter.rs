@@ -22,7 +22,7 @@ use super::table::{
 use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
     Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthChange, MonthCounter, OrgAccess,
-    Outcome, Party, RequestRecord, Settlement, StoreError,
+    Outcome, Party, RequestRecord, Settlement, StoreError, Throttle,
 };
 
 impl TryFrom<&Item> for MonthCounter {
@@ -51,6 +51,7 @@ impl TryFrom<&Item> for MonthCounter {
             messages: get_u64(item, "messages")?,
             tokens: get_u64(item, "tokens")?,
             committed: get_u64(item, "committed")?,
+            in_flight: get_u64(item, "in_flight")?,
             holds,
         })
     }
@@ -203,6 +204,7 @@ impl DynamoStore {
     /// there yet: an SDK resend of it (after a lost answer) changes nothing, and so can never
     /// free another request's slot.
     async fn release_rate_slot(&self, a: &Admission) -> Result<(), StoreError> {
+        let slot = format!("{}#{}", a.request_id, a.attempt);
         let released = self
             .client
             .update_item()
@@ -214,8 +216,8 @@ impl DynamoStore {
             )
             .expression_attribute_values(":minus_one", n(-1))
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":request", AttributeValue::Ss(vec![a.request_id.clone()]))
-            .expression_attribute_values(":id", s(a.request_id.as_str()))
+            .expression_attribute_values(":request", AttributeValue::Ss(vec![slot.clone()]))
+            .expression_attribute_values(":id", s(slot.as_str()))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .metered(&self.metrics, Units::Write)
@@ -412,6 +414,58 @@ impl DynamoStore {
 
 #[async_trait]
 impl MeterStore for DynamoStore {
+    async fn throttle(&self, t: &Throttle) -> Result<bool, StoreError> {
+        let counted = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::throttle(t.kind, &t.subject, t.window))))
+            .update_expression("ADD attempts :one SET expires_at = :ttl")
+            .condition_expression("attribute_not_exists(attempts) OR attempts < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(t.expires_at))
+            .expression_attribute_values(":limit", n(t.limit))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .metered(&self.metrics, Units::Write)
+            .await;
+        applied(counted)
+    }
+
+    async fn recount_in_flight(
+        &self,
+        org: &OrgId,
+        month: &str,
+        seen: u64,
+        holds: u64,
+    ) -> Result<(), StoreError> {
+        let recounted = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(keys::month(org, month))))
+            .update_expression("SET in_flight = :holds")
+            .condition_expression("in_flight = :seen")
+            .expression_attribute_values(":holds", n(holds))
+            .expression_attribute_values(":seen", n(seen))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .metered(&self.metrics, Units::Write)
+            .await;
+        // Refused: another admission moved it meanwhile; the next try reads it again.
+        applied(recounted).map(|_| ())
+    }
+
+    async fn throttled(&self, t: &Throttle) -> Result<u64, StoreError> {
+        match self
+            .get(keys::throttle(t.kind, &t.subject, t.window))
+            .await?
+        {
+            Some(item) => get_u64(&item, "attempts"),
+            None => Ok(0),
+        }
+    }
+
     async fn admit(&self, a: &Admission) -> Result<AdmitOutcome, StoreError> {
         // The rate window first: one conditional ADD on the window's own item.
         let requests_in_window = match self.slot_on_confirmed_access(a).await? {
@@ -532,6 +586,7 @@ mod tests {
         Admission {
             org: org.clone(),
             request_id: request_id.to_owned(),
+            attempt: 0,
             minute: 33_000_000,
             requests_per_minute: 10,
             month: "2030-11".to_owned(),
