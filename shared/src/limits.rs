@@ -17,7 +17,7 @@ use crate::clock;
 use crate::error::{GatewayError, LimitError};
 use crate::ids::OrgId;
 use crate::providers::ChatRequest;
-use crate::store::{AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, MonthCounter};
+use crate::store::{AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, MonthCounter, Slot};
 use crate::usage;
 
 /// How long a hold lives before it counts as abandoned: far longer than any function may run.
@@ -236,6 +236,51 @@ pub async fn admit(
         }
     }
     Err(LimitError::MonthlyExceeded.into())
+}
+
+/// Lets a job submission in: it takes a slot of the org's minute window, as a chat does, and is
+/// refused with 402 when its `items` would not fit the messages left this month (those of
+/// requests in flight count as used). A refused submission takes nothing.
+pub async fn admit_submission(
+    meter: &dyn MeterStore,
+    now: OffsetDateTime,
+    (org, job): (&OrgId, &str),
+    plan: &Plan,
+    items: u64,
+) -> Result<RateStatus, GatewayError> {
+    let at = Windows::at(now);
+    let slot = Slot {
+        org: org.clone(),
+        id: format!("job#{job}"),
+        minute: at.minute,
+        limit: plan.requests_per_minute,
+        expires_at: (at.minute + 1) * 60 + 3600,
+    };
+    let Some(in_window) = meter.take_slot(&slot).await? else {
+        return Err(LimitError::RateLimited {
+            limit: plan.requests_per_minute,
+            reset_secs: at.reset_secs,
+        }
+        .into());
+    };
+    if let Some(limit) = plan.messages_per_month {
+        let used = match meter.month_counter(org, &at.month).await {
+            Ok(counter) => counter.messages,
+            Err(err) => {
+                meter.give_slot_back(&slot).await?;
+                return Err(err.into());
+            }
+        };
+        if used.saturating_add(items) > limit {
+            meter.give_slot_back(&slot).await?;
+            return Err(LimitError::MonthlyExceeded.into());
+        }
+    }
+    Ok(RateStatus {
+        limit: plan.requests_per_minute,
+        remaining: plan.requests_per_minute.saturating_sub(in_window),
+        reset_secs: at.reset_secs,
+    })
 }
 
 /// Decides what follows a refusal by the month, from its counter as it stood: holds of requests

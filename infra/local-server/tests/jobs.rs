@@ -29,7 +29,7 @@ async fn start() -> Gateway {
         store: StoreKind::Memory,
         table: String::new(),
         create_tables: false,
-        admin_token: None,
+        admin_token: Some(gateway::secret::Secret::new("op")),
         clock: Some(clock.clone()),
         job_retry_after: Duration::from_millis(100),
     };
@@ -78,6 +78,19 @@ impl Gateway {
         }
     }
 
+    /// The operator's plan change, through the local server's operator route.
+    async fn set_plan(&self, tenant: &Tenant, plan: &str) {
+        let response = self
+            .http
+            .put(format!("{}/admin/orgs/{}/plan", self.base, tenant.org))
+            .bearer_auth("op")
+            .json(&json!({ "plan": plan }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     async fn call(
         &self,
         tenant: &Tenant,
@@ -124,6 +137,8 @@ fn item(id: &str, prompt: &str) -> Value {
 async fn a_batch_is_answered_item_by_item_with_failures_reported() {
     let gw = start().await;
     let tenant = gw.tenant("batch@example.com", "batch").await;
+    // (On a plan whose minute has room for every delivery of the failing item.)
+    gw.set_plan(&tenant, "pro").await;
     // GIVEN a batch of three chats, one of which the provider always fails
     let (status, accepted) = gw
         .call(
@@ -175,7 +190,8 @@ async fn a_batch_is_answered_item_by_item_with_failures_reported() {
 async fn a_full_minute_makes_items_wait_not_fail() {
     let gw = start().await;
     let tenant = gw.tenant("wait@example.com", "wait").await;
-    // GIVEN the free plan's 5 requests a minute, two seconds left in it, and a batch of 7
+    // GIVEN the free plan's 5 requests a minute, two seconds left in it, and a batch of 7 whose
+    // submission takes one of the 5
     gw.clock.advance(time::Duration::seconds(48));
     let items: Vec<Value> = (0..7).map(|i| item(&format!("i{i}"), "hi")).collect();
     let (status, accepted) = gw
@@ -188,12 +204,12 @@ async fn a_full_minute_makes_items_wait_not_fail() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = accepted["id"].as_str().expect("id").to_owned();
-    // WHEN five are done, the other two wait in the queue
+    // WHEN four are done, the other three wait in the queue
     for _ in 0..100 {
         let (_, job) = gw
             .call(&tenant, "GET", &format!("/api/v1/ai/jobs/{id}"), None)
             .await;
-        if job["progress"]["succeeded"] == 5 {
+        if job["progress"]["succeeded"] == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -201,7 +217,7 @@ async fn a_full_minute_makes_items_wait_not_fail() {
     let (_, job) = gw
         .call(&tenant, "GET", &format!("/api/v1/ai/jobs/{id}"), None)
         .await;
-    assert_eq!(job["progress"]["succeeded"], 5, "{job}");
+    assert_eq!(job["progress"]["succeeded"], 4, "{job}");
     assert_eq!(job["progress"]["failed"], 0, "{job}");
     // THEN the next minute they are answered (their messages arrive two to four seconds later)
     gw.clock.advance(time::Duration::seconds(60));
@@ -303,4 +319,46 @@ async fn bad_submissions_are_refused_before_anything_is_queued() {
     }
     let (_, page) = gw.call(&tenant, "GET", "/api/v1/ai/jobs", None).await;
     assert_eq!(page["jobs"], json!([]));
+}
+
+#[tokio::test]
+async fn a_submission_is_metered_like_a_chat() {
+    let gw = start().await;
+    let tenant = gw.tenant("metered@example.com", "metered").await;
+    let chat = || {
+        gw.http
+            .post(format!("{}/api/v1/ai/chat", gw.base))
+            .bearer_auth(&tenant.token)
+            .header("x-current-org", &tenant.org)
+            .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+    };
+    // GIVEN one of the free plan's 50 messages used
+    assert_eq!(chat().send().await.expect("chat").status(), StatusCode::OK);
+    // WHEN a batch of 50 is submitted, THEN it is refused whole: 49 messages are left
+    let items: Vec<Value> = (0..50).map(|i| item(&format!("i{i}"), "hi")).collect();
+    let (status, refused) = gw
+        .call(
+            &tenant,
+            "POST",
+            "/api/v1/ai/jobs",
+            Some(json!({"items": items})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(
+        refused["detail"],
+        "Monthly limit exceeded. Upgrade your plan to continue."
+    );
+    // AND a batch that fits takes a slot of the minute, as a chat does; the refused one took none
+    let response = gw
+        .http
+        .post(format!("{}/api/v1/ai/jobs", gw.base))
+        .bearer_auth(&tenant.token)
+        .header("x-current-org", &tenant.org)
+        .json(&json!({"items": [item("one", "hi")]}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "3");
 }

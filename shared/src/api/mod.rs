@@ -20,6 +20,7 @@ use crate::clock;
 use crate::error::{AuthError, GatewayError, RequestError};
 use crate::ids::{OrgId, UserId};
 use crate::jobs;
+use crate::limits;
 use crate::metered;
 use crate::queue::JobMessage;
 use crate::state::AppState;
@@ -423,6 +424,12 @@ async fn submit_job_inner(
         .ok_or_else(|| GatewayError::Internal("JOBS_QUEUE_URL is not configured".into()))?;
     let (job, items) =
         jobs::prepare_job(state, &membership, &caller.user_id, body, state.clock.now())?;
+    // Metered like a chat: a slot of the minute, and room in the month for every item.
+    let plan = metered::plan_of(state, &membership)?;
+    let count = u64::try_from(items.len()).unwrap_or(u64::MAX);
+    let meter = state.stores.meter.as_ref();
+    let at = (&membership.org.id, job.id.as_str());
+    let rate = limits::admit_submission(meter, state.clock.now(), at, plan, count).await?;
     state.stores.jobs.create_job(&job, &items).await?;
     let messages: Vec<JobMessage> = items
         .iter()
@@ -442,14 +449,16 @@ async fn submit_job_inner(
     } else {
         tracing::info!(job_id = %job.id, org_id = %job.org, items = job.total, "job queued");
     }
-    Ok(json(
+    let mut response = json(
         StatusCode::ACCEPTED,
         &Accepted {
             id: job.id,
             status: "queued",
             total: job.total,
         },
-    ))
+    );
+    respond::rate_headers(&mut response, rate);
+    Ok(response)
 }
 
 /// `GET /api/v1/ai/jobs/{id}` → the job, its progress and every item's result.

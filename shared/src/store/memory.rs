@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use super::{
     Admission, AdmitOutcome, ApiKeyRecord, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage,
     JobRecord, JobStore, KeyStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord,
-    OrgStore, Party, RequestRecord, Role, Settlement, StoreError, Throttle, UserRecord, UserStore,
+    OrgStore, Party, RequestRecord, Role, Settlement, Slot, StoreError, Throttle, UserRecord,
+    UserStore,
 };
 use crate::ids::{JobId, KeyId, OrgId, PlanId, UserId};
 
@@ -29,6 +30,8 @@ struct Inner {
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
     /// API keys by hash.
     keys: HashMap<String, ApiKeyRecord>,
+    /// Slots given back, so each is given back once.
+    released_slots: HashSet<(OrgId, i64, String)>,
     /// Throttle counters by (kind, subject, window).
     throttles: HashMap<(&'static str, String, i64), u64>,
 }
@@ -246,6 +249,30 @@ impl MeterStore for MemoryStore {
         Ok(true)
     }
 
+    async fn take_slot(&self, slot: &Slot) -> Result<Option<u64>, StoreError> {
+        let mut inner = self.lock();
+        let count = inner
+            .rate_windows
+            .entry((slot.org.clone(), slot.minute))
+            .or_insert(0);
+        if *count >= slot.limit {
+            return Ok(None);
+        }
+        *count += 1;
+        Ok(Some(*count))
+    }
+
+    async fn give_slot_back(&self, slot: &Slot) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let released = (slot.org.clone(), slot.minute, slot.id.clone());
+        if inner.released_slots.insert(released) {
+            if let Some(count) = inner.rate_windows.get_mut(&(slot.org.clone(), slot.minute)) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     async fn recount_in_flight(
         &self,
         _: &OrgId,
@@ -367,7 +394,6 @@ impl MeterStore for MemoryStore {
         Ok(())
     }
 
-    #[cfg(any(test, feature = "test-support"))]
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
         Ok(self
             .lock()

@@ -263,6 +263,32 @@ pub struct Admission {
     pub access: Option<AccessCheck>,
 }
 
+impl Admission {
+    /// The rate slot this try of the request takes.
+    pub fn slot(&self) -> Slot {
+        Slot {
+            org: self.org.clone(),
+            id: format!("{}#{}", self.request_id, self.attempt),
+            minute: self.minute,
+            limit: self.requests_per_minute,
+            expires_at: self.rate_expires_at,
+        }
+    }
+}
+
+/// One slot in an org's minute window, taken for a request (or one try of it, or a job
+/// submission), named so that it is given back at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub org: OrgId,
+    pub id: String,
+    /// Epoch minute of the window.
+    pub minute: i64,
+    pub limit: u64,
+    /// Epoch seconds at which DynamoDB may delete the window.
+    pub expires_at: i64,
+}
+
 /// What a caller assumed about its access to the org it is admitting a request for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessCheck {
@@ -442,6 +468,11 @@ pub struct Throttle {
 /// Limits and metering: the counters that must hold under concurrency.
 #[async_trait]
 pub trait MeterStore: Send + Sync {
+    /// Takes a slot in the org's minute window on its own (a job submission): the window's count
+    /// after it, or `None` if the window is full (nothing taken).
+    async fn take_slot(&self, slot: &Slot) -> Result<Option<u64>, StoreError>;
+    /// Gives a slot taken by [`MeterStore::take_slot`] back, once however often it is asked.
+    async fn give_slot_back(&self, slot: &Slot) -> Result<(), StoreError>;
     /// Sets the month's in-flight count to `holds` if it still reads `seen`.
     async fn recount_in_flight(
         &self,
@@ -458,7 +489,6 @@ pub trait MeterStore: Send + Sync {
     /// Settles a request. Settling the same request twice changes nothing the second time.
     async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError>;
     /// The org's counter for a month (zero if none).
-    #[cfg(any(test, feature = "test-support"))]
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError>;
     /// The org's daily aggregates for a month, by day and model.
     async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError>;

@@ -22,7 +22,7 @@ use super::table::{
 use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
     Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthChange, MonthCounter, OrgAccess,
-    Outcome, Party, RequestRecord, Settlement, StoreError, Throttle,
+    Outcome, Party, RequestRecord, Settlement, Slot, StoreError, Throttle,
 };
 
 impl TryFrom<&Item> for MonthCounter {
@@ -168,17 +168,17 @@ impl DynamoStore {
     }
 
     /// Takes a slot in the org's minute window if one is free: one conditional ADD.
-    async fn take_rate_slot(&self, a: &Admission) -> Result<RateSlot, StoreError> {
+    async fn take_rate_slot(&self, slot: &Slot) -> Result<RateSlot, StoreError> {
         let rate = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(keys::rate_window(&a.org, a.minute))))
+            .set_key(Some(key(keys::rate_window(&slot.org, slot.minute))))
             .update_expression("ADD requests :one SET expires_at = :ttl")
             .condition_expression("attribute_not_exists(requests) OR requests < :limit")
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":ttl", n(a.rate_expires_at))
-            .expression_attribute_values(":limit", n(a.requests_per_minute))
+            .expression_attribute_values(":ttl", n(slot.expires_at))
+            .expression_attribute_values(":limit", n(slot.limit))
             .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
@@ -203,13 +203,13 @@ impl DynamoStore {
     /// The give-back names the request in the window's `released` set, on condition it is not
     /// there yet: an SDK resend of it (after a lost answer) changes nothing, and so can never
     /// free another request's slot.
-    async fn release_rate_slot(&self, a: &Admission) -> Result<(), StoreError> {
-        let slot = format!("{}#{}", a.request_id, a.attempt);
+    async fn release_rate_slot(&self, taken: &Slot) -> Result<(), StoreError> {
+        let slot = &taken.id;
         let released = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(keys::rate_window(&a.org, a.minute))))
+            .set_key(Some(key(keys::rate_window(&taken.org, taken.minute))))
             .update_expression("ADD requests :minus_one, released :request")
             .condition_expression(
                 "requests > :zero AND (attribute_not_exists(released) OR NOT contains(released, :id))",
@@ -233,10 +233,13 @@ impl DynamoStore {
         a: &Admission,
     ) -> Result<Option<RateSlot>, StoreError> {
         let Some(check) = &a.access else {
-            return self.take_rate_slot(a).await.map(Some);
+            return self.take_rate_slot(&a.slot()).await.map(Some);
         };
-        let (rate, access) =
-            tokio::join!(self.take_rate_slot(a), self.access_of(&a.org, &check.party));
+        let slot = a.slot();
+        let (rate, access) = tokio::join!(
+            self.take_rate_slot(&slot),
+            self.access_of(&a.org, &check.party)
+        );
         let confirmed = match access {
             Ok(OrgAccess::Member(m)) => Ok(m.org.plan == check.plan),
             Ok(_) => Ok(false),
@@ -247,7 +250,7 @@ impl DynamoStore {
         }
         // Nothing may stay written for a request admitted on access that no longer holds.
         if let Ok(RateSlot::Taken(_)) = rate {
-            self.release_rate_slot(a).await?;
+            self.release_rate_slot(&a.slot()).await?;
         }
         confirmed.map(|_| None)
     }
@@ -414,6 +417,17 @@ impl DynamoStore {
 
 #[async_trait]
 impl MeterStore for DynamoStore {
+    async fn take_slot(&self, slot: &Slot) -> Result<Option<u64>, StoreError> {
+        Ok(match self.take_rate_slot(slot).await? {
+            RateSlot::Taken(requests) => Some(requests),
+            RateSlot::Full(_) => None,
+        })
+    }
+
+    async fn give_slot_back(&self, slot: &Slot) -> Result<(), StoreError> {
+        self.release_rate_slot(slot).await
+    }
+
     async fn throttle(&self, t: &Throttle) -> Result<bool, StoreError> {
         let counted = self
             .client
@@ -480,7 +494,7 @@ impl MeterStore for DynamoStore {
         // Then the month. Whatever refuses it, the rate slot goes back: a refused request
         // consumes no counter.
         if a.tokens_limit.is_some_and(|l| a.hold.tokens > l) {
-            self.release_rate_slot(a).await?;
+            self.release_rate_slot(&a.slot()).await?;
             return Ok(AdmitOutcome::MonthlyExceeded(
                 self.read_month(&a.org, &a.month).await?,
             ));
@@ -492,11 +506,11 @@ impl MeterStore for DynamoStore {
                 committed: counter.committed,
             }),
             Ok(Err(old)) => {
-                self.release_rate_slot(a).await?;
+                self.release_rate_slot(&a.slot()).await?;
                 Ok(AdmitOutcome::MonthlyExceeded(MonthCounter::try_from(&old)?))
             }
             Err(err) => {
-                self.release_rate_slot(a).await?;
+                self.release_rate_slot(&a.slot()).await?;
                 Err(err)
             }
         }
@@ -537,7 +551,6 @@ impl MeterStore for DynamoStore {
         }
     }
 
-    #[cfg(any(test, feature = "test-support"))]
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
         self.read_month(org, month).await
     }
@@ -625,11 +638,11 @@ mod tests {
         }
         // WHEN the first's slot is given back, and the give-back sent again (an SDK resend)
         store
-            .release_rate_slot(&admission(&org, "first"))
+            .release_rate_slot(&admission(&org, "first").slot())
             .await
             .expect("release");
         store
-            .release_rate_slot(&admission(&org, "first"))
+            .release_rate_slot(&admission(&org, "first").slot())
             .await
             .expect("resent");
         // THEN only one slot was freed: the second request still holds its own
