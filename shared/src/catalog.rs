@@ -79,10 +79,14 @@ pub struct Plan {
     /// Requests of one org running at once (each holds tokens in the month's item, which must
     /// stay far from DynamoDB's 400 KB item limit).
     pub max_in_flight: u64,
+    /// Job items one org may have queued (not yet finished) at once.
+    pub max_queued_items: u64,
 }
 
 /// The requests in flight a plan allows when the operator's file does not say.
 pub const DEFAULT_MAX_IN_FLIGHT: u64 = 100;
+/// The job items a plan lets an org have queued when the operator's file does not say.
+pub const DEFAULT_MAX_QUEUED_ITEMS: u64 = 1_000;
 
 impl Plan {
     pub fn allows(&self, model: &ModelId) -> bool {
@@ -240,6 +244,8 @@ fn builtin_plans() -> BTreeMap<PlanId, Plan> {
                 max_tokens_per_request: max_tokens,
                 models,
                 max_in_flight: in_flight,
+                // About twenty minutes of the plan's rate.
+                max_queued_items: rpm * 20,
             },
         )
     };

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Catalog, Limit, Model, ModelSet, Plan, ProviderKind, DEFAULT_MAX_IN_FLIGHT};
+use crate::catalog::{
+    Catalog, Limit, Model, ModelSet, Plan, ProviderKind, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUED_ITEMS,
+};
 use crate::ids::{ModelId, PlanId};
 use crate::money::NanoUsd;
 use crate::secret::Secret;
@@ -271,6 +274,7 @@ struct PlanPatch {
     max_tokens_per_request: Option<u32>,
     models: Option<ModelsValue>,
     max_in_flight: Option<u64>,
+    max_queued_items: Option<u64>,
 }
 
 /// A count, or the string `"unlimited"`.
@@ -495,6 +499,9 @@ fn apply_plan(catalog: &mut Catalog, id: String, patch: PlanPatch) -> Result<(),
             if let Some(v) = patch.max_in_flight {
                 plan.max_in_flight = v;
             }
+            if let Some(v) = patch.max_queued_items {
+                plan.max_queued_items = v;
+            }
             plan
         }
         None => {
@@ -511,6 +518,7 @@ fn apply_plan(catalog: &mut Catalog, id: String, patch: PlanPatch) -> Result<(),
                     .ok_or_else(|| missing("max_tokens_per_request"))?,
                 models: models.ok_or_else(|| missing("models"))?,
                 max_in_flight: patch.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+                max_queued_items: patch.max_queued_items.unwrap_or(DEFAULT_MAX_QUEUED_ITEMS),
             }
         }
     };

@@ -91,6 +91,8 @@ pub enum LimitError {
     TooManyInFlight { limit: u64 },
     #[error("Too many attempts. Retry in {reset_secs} seconds.")]
     Throttled { reset_secs: u64 },
+    #[error("Too many job items queued. Max {limit} at once; submit more as these finish.")]
+    TooManyQueued { limit: u64 },
 }
 
 /// Every error a request can end in.
@@ -156,7 +158,9 @@ impl GatewayError {
             GatewayError::Limit(LimitError::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Limit(LimitError::MonthlyExceeded) => StatusCode::PAYMENT_REQUIRED,
             GatewayError::Limit(
-                LimitError::TooManyInFlight { .. } | LimitError::Throttled { .. },
+                LimitError::TooManyInFlight { .. }
+                | LimitError::Throttled { .. }
+                | LimitError::TooManyQueued { .. },
             ) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Provider(e) => e.status(),
             GatewayError::Store(e) => e.status(),

@@ -335,10 +335,16 @@ async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
         )
         .await;
     let finished = match claimed {
-        Ok(true) => {
-            let failed = JobItemFinish::failed(&message.job_id, &message.item_id, &attempt, reason);
-            jobs.finish_item(&failed).await
-        }
+        // The job's org, whose count of queued items the finish takes one off.
+        Ok(true) => match jobs.job(&message.job_id).await {
+            Ok(Some((job, _))) => {
+                let at = (&job.org, &message.job_id);
+                let failed = JobItemFinish::failed(at, &message.item_id, &attempt, reason);
+                jobs.finish_item(&failed).await
+            }
+            Ok(None) => Ok(false),
+            Err(error) => Err(error),
+        },
         other => other,
     };
     if let Err(error) = finished {
@@ -374,7 +380,8 @@ impl Claimed<'_> {
     /// Finishes the item as failed, for `reason`: the attempt is done with it.
     async fn fail(&self, reason: String) -> Result<Step, GatewayError> {
         let jobs = self.state.stores.jobs.as_ref();
-        let failed = JobItemFinish::failed(&self.job.id, &self.item, &self.attempt, &reason);
+        let at = (&self.job.org, &self.job.id);
+        let failed = JobItemFinish::failed(at, &self.item, &self.attempt, &reason);
         jobs.finish_item(&failed).await?;
         Ok(Step::Settled(Disposition::Done))
     }
@@ -429,6 +436,7 @@ async fn attempt(state: &AppState, message: &JobMessage) -> Result<Step, Gateway
     let answered = admitted
         .complete_item(
             metered::ItemAttempt {
+                org: claimed.job.org.clone(),
                 job: claimed.job.id.clone(),
                 item: claimed.item.clone(),
                 attempt: claimed.attempt.clone(),

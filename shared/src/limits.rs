@@ -249,13 +249,7 @@ pub async fn admit_submission(
     items: u64,
 ) -> Result<RateStatus, GatewayError> {
     let at = Windows::at(now);
-    let slot = Slot {
-        org: org.clone(),
-        id: format!("job#{job}"),
-        minute: at.minute,
-        limit: plan.requests_per_minute,
-        expires_at: (at.minute + 1) * 60 + 3600,
-    };
+    let slot = submission_slot(&at, (org, job), plan);
     let Some(in_window) = meter.take_slot(&slot).await? else {
         return Err(LimitError::RateLimited {
             limit: plan.requests_per_minute,
@@ -281,6 +275,28 @@ pub async fn admit_submission(
         remaining: plan.requests_per_minute.saturating_sub(in_window),
         reset_secs: at.reset_secs,
     })
+}
+
+/// The slot a job submission takes.
+fn submission_slot(at: &Windows, (org, job): (&OrgId, &str), plan: &Plan) -> Slot {
+    Slot {
+        org: org.clone(),
+        id: format!("job#{job}"),
+        minute: at.minute,
+        limit: plan.requests_per_minute,
+        expires_at: (at.minute + 1) * 60 + 3600,
+    }
+}
+
+/// Gives back the slot [`admit_submission`] took for a job refused after it.
+pub async fn give_back_submission(
+    meter: &dyn MeterStore,
+    now: OffsetDateTime,
+    (org, job): (&OrgId, &str),
+    plan: &Plan,
+) -> Result<(), GatewayError> {
+    let slot = submission_slot(&Windows::at(now), (org, job), plan);
+    Ok(meter.give_slot_back(&slot).await?)
 }
 
 /// Decides what follows a refusal by the month, from its counter as it stood: holds of requests

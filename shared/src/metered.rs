@@ -349,6 +349,7 @@ impl Admitted {
             note: None,
         });
         settlement.job_item = Some(JobItemFinish {
+            org: item.org,
             job: item.job,
             item: item.item,
             attempt: item.attempt,
@@ -447,6 +448,7 @@ impl Drop for Admitted {
 /// The job item an attempt answers.
 #[derive(Debug, Clone)]
 pub struct ItemAttempt {
+    pub org: OrgId,
     pub job: crate::ids::JobId,
     pub item: String,
     pub attempt: String,

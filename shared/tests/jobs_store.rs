@@ -36,7 +36,7 @@ fn job(org: &OrgId, n: usize) -> (JobRecord, Vec<JobItem>) {
 
 /// An attempt finishing an item.
 fn finish(
-    job: &JobId,
+    job: &JobRecord,
     item: &str,
     attempt: &str,
     status: ItemStatus,
@@ -44,7 +44,8 @@ fn finish(
     error: Option<&str>,
 ) -> JobItemFinish {
     JobItemFinish {
-        job: job.clone(),
+        org: job.org.clone(),
+        job: job.id.clone(),
         item: item.to_owned(),
         attempt: attempt.to_owned(),
         status,
@@ -56,7 +57,10 @@ fn finish(
 async fn stores_and_reads_a_job_whole(store: Arc<dyn Store>) {
     let org = OrgId::generate();
     let (record, items) = job(&org, 3);
-    store.create_job(&record, &items).await.expect("create");
+    store
+        .create_job(&record, &items, 1_000)
+        .await
+        .expect("create");
     let (read, read_items) = store.job(&record.id).await.expect("read").expect("found");
     assert_eq!(read, record);
     assert_eq!(read_items, items);
@@ -70,7 +74,10 @@ async fn stores_and_reads_a_job_whole(store: Arc<dyn Store>) {
 async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) {
     let org = OrgId::generate();
     let (record, items) = job(&org, 1);
-    store.create_job(&record, &items).await.expect("create");
+    store
+        .create_job(&record, &items, 1_000)
+        .await
+        .expect("create");
     // GIVEN ten attempts racing for one item
     let claims = join_all((0..10).map(|i| {
         let store = store.clone();
@@ -96,7 +103,7 @@ async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) 
     // AND only the holder may finish it, once
     assert!(!store
         .finish_item(&finish(
-            &record.id,
+            &record,
             "item-0",
             "intruder",
             ItemStatus::Succeeded,
@@ -107,7 +114,7 @@ async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) 
         .expect("finish"));
     assert!(store
         .finish_item(&finish(
-            &record.id,
+            &record,
             "item-0",
             &winner,
             ItemStatus::Succeeded,
@@ -118,7 +125,7 @@ async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) 
         .expect("finish"));
     assert!(!store
         .finish_item(&finish(
-            &record.id,
+            &record,
             "item-0",
             &winner,
             ItemStatus::Succeeded,
@@ -141,7 +148,10 @@ async fn one_attempt_claims_an_item_and_finishes_it_once(store: Arc<dyn Store>) 
 async fn released_or_expired_claims_free_the_item(store: Arc<dyn Store>) {
     let org = OrgId::generate();
     let (record, items) = job(&org, 1);
-    store.create_job(&record, &items).await.expect("create");
+    store
+        .create_job(&record, &items, 1_000)
+        .await
+        .expect("create");
     assert!(store
         .claim_item(&record.id, "item-0", "a", 1_000, 1_120)
         .await
@@ -173,7 +183,7 @@ async fn released_or_expired_claims_free_the_item(store: Arc<dyn Store>) {
     // The lapsed attempt cannot finish it any more.
     assert!(!store
         .finish_item(&finish(
-            &record.id,
+            &record,
             "item-0",
             "a",
             ItemStatus::Failed,
@@ -189,11 +199,14 @@ async fn lists_an_orgs_jobs_newest_first_in_pages(store: Arc<dyn Store>) {
     let mut ids = Vec::new();
     for _ in 0..5 {
         let (record, items) = job(&org, 1);
-        store.create_job(&record, &items).await.expect("create");
+        store
+            .create_job(&record, &items, 1_000)
+            .await
+            .expect("create");
         ids.push(record.id.to_string());
     }
     store
-        .create_job(&job(&OrgId::generate(), 1).0, &job(&org, 1).1)
+        .create_job(&job(&OrgId::generate(), 1).0, &job(&org, 1).1, 1_000)
         .await
         .expect("another org's job");
     let mut seen = Vec::new();
@@ -217,7 +230,10 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
     use gateway::store::{Outcome, RequestRecord, Settlement};
     let org = OrgId::generate();
     let (record, items) = job(&org, 1);
-    store.create_job(&record, &items).await.expect("create");
+    store
+        .create_job(&record, &items, 1_000)
+        .await
+        .expect("create");
     assert!(store
         .claim_item(&record.id, "item-0", "first", 1_000, 1_001)
         .await
@@ -261,6 +277,7 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
             expires_at: 2_000_000_000,
         },
         job_item: Some(JobItemFinish {
+            org: record.org.clone(),
             job: record.id.clone(),
             item: "item-0".to_owned(),
             attempt: attempt.to_owned(),
@@ -296,6 +313,35 @@ async fn an_answer_is_stored_and_charged_in_one_write(store: Arc<dyn Store>) {
     );
 }
 
+async fn an_orgs_queued_items_are_capped(store: Arc<dyn Store>) {
+    // GIVEN an org allowed 5 queued items, with a job of 3 queued
+    let org = OrgId::generate();
+    let (first, items) = job(&org, 3);
+    assert!(store.create_job(&first, &items, 5).await.expect("create"));
+    // WHEN another job of 3 comes, THEN it is refused whole: nothing of it is stored
+    let (second, more) = job(&org, 3);
+    assert!(!store.create_job(&second, &more, 5).await.expect("create"));
+    assert_eq!(store.job(&second.id).await.expect("read"), None);
+    // AND another org is not held back by it
+    let (elsewhere, theirs) = job(&OrgId::generate(), 5);
+    assert!(store
+        .create_job(&elsewhere, &theirs, 5)
+        .await
+        .expect("create"));
+    // WHEN one of the first job's items finishes (here: failed), THEN there is room for 3
+    assert!(store
+        .claim_item(&first.id, "item-0", "a", 1_000, 1_120)
+        .await
+        .expect("claim"));
+    let failed = finish(&first, "item-0", "a", ItemStatus::Failed, None, Some("no"));
+    assert!(store.finish_item(&failed).await.expect("finish"));
+    let (third, last) = job(&org, 3);
+    assert!(store.create_job(&third, &last, 5).await.expect("create"));
+    // AND a job larger than the cap is refused outright
+    let (huge, many) = job(&OrgId::generate(), 6);
+    assert!(!store.create_job(&huge, &many, 5).await.expect("create"));
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -314,6 +360,7 @@ macro_rules! contract {
 }
 
 contract!(
+    an_orgs_queued_items_are_capped,
     stores_and_reads_a_job_whole,
     one_attempt_claims_an_item_and_finishes_it_once,
     released_or_expired_claims_free_the_item,

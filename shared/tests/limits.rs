@@ -28,6 +28,7 @@ fn plan(rpm: u64, messages: Option<u64>, tokens: Option<u64>) -> Plan {
         max_tokens_per_request: 8_192,
         models: ModelSet::All,
         max_in_flight: 1_000,
+        max_queued_items: 1_000,
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth;
 use crate::chat::{self, ChatBody};
 use crate::clock;
-use crate::error::{AuthError, GatewayError, RequestError};
+use crate::error::{AuthError, GatewayError, LimitError, RequestError};
 use crate::ids::{OrgId, UserId};
 use crate::jobs;
 use crate::limits;
@@ -430,7 +430,22 @@ async fn submit_job_inner(
     let meter = state.stores.meter.as_ref();
     let at = (&membership.org.id, job.id.as_str());
     let rate = limits::admit_submission(meter, state.clock.now(), at, plan, count).await?;
-    state.stores.jobs.create_job(&job, &items).await?;
+    let stored = state
+        .stores
+        .jobs
+        .create_job(&job, &items, plan.max_queued_items)
+        .await;
+    if !matches!(stored, Ok(true)) {
+        let slot_back = limits::give_back_submission(meter, state.clock.now(), at, plan).await;
+        if let Err(error) = slot_back {
+            tracing::warn!(%error, "a refused submission's rate slot could not be given back");
+        }
+        stored?;
+        return Err(LimitError::TooManyQueued {
+            limit: plan.max_queued_items,
+        }
+        .into());
+    }
     let messages: Vec<JobMessage> = items
         .iter()
         .map(|item| JobMessage {

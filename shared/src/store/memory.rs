@@ -30,6 +30,8 @@ struct Inner {
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
     /// API keys by hash.
     keys: HashMap<String, ApiKeyRecord>,
+    /// Job items queued (not yet finished), by org.
+    queued: HashMap<OrgId, u64>,
     /// Slots given back, so each is given back once.
     released_slots: HashSet<(OrgId, i64, String)>,
     /// Throttle counters by (kind, subject, window).
@@ -71,6 +73,9 @@ impl Inner {
         match finish.status {
             ItemStatus::Succeeded => record.succeeded = record.succeeded.saturating_add(1),
             _ => record.failed = record.failed.saturating_add(1),
+        }
+        if let Some(queued) = self.queued.get_mut(&finish.org) {
+            *queued = queued.saturating_sub(1);
         }
         Ok(true)
     }
@@ -425,14 +430,25 @@ impl MeterStore for MemoryStore {
 
 #[async_trait]
 impl JobStore for MemoryStore {
-    async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError> {
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        items: &[JobItem],
+        max_queued: u64,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         if inner.jobs.contains_key(&job.id) {
             return Err(StoreError::Conflict("job"));
         }
+        let count = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        let queued = inner.queued.entry(job.org.clone()).or_insert(0);
+        if queued.saturating_add(count) > max_queued {
+            return Ok(false);
+        }
+        *queued = queued.saturating_add(count);
         let items = items.iter().map(|i| (i.id.clone(), i.clone())).collect();
         inner.jobs.insert(job.id.clone(), (job.clone(), items));
-        Ok(())
+        Ok(true)
     }
 
     async fn job(&self, id: &JobId) -> Result<Option<(JobRecord, Vec<JobItem>)>, StoreError> {

@@ -411,6 +411,8 @@ pub struct DailyChange {
 /// (with why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobItemFinish {
+    /// The job's org, whose count of queued items the finish takes one off.
+    pub org: OrgId,
     pub job: crate::ids::JobId,
     pub item: String,
     pub attempt: String,
@@ -422,12 +424,13 @@ pub struct JobItemFinish {
 impl JobItemFinish {
     /// The attempt gives up on the item, for `reason`.
     pub fn failed(
-        job: &crate::ids::JobId,
+        (org, job): (&OrgId, &crate::ids::JobId),
         item: &str,
         attempt: &str,
         reason: &str,
     ) -> JobItemFinish {
         JobItemFinish {
+            org: org.clone(),
             job: job.clone(),
             item: item.to_owned(),
             attempt: attempt.to_owned(),
@@ -598,8 +601,15 @@ pub struct JobPage {
 /// Jobs and their items.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a job and all its items (queued).
-    async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError>;
+    /// Stores a job and all its items (queued), and counts them as queued for the org, on
+    /// condition the org then has at most `max_queued` items queued; false (nothing stored) if it
+    /// would have more.
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        items: &[JobItem],
+        max_queued: u64,
+    ) -> Result<bool, StoreError>;
     async fn job(
         &self,
         id: &crate::ids::JobId,

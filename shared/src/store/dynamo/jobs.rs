@@ -10,8 +10,21 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use super::item::{get_i64, get_s, get_u64, item, key, n, s, Item};
 use super::keys;
 use super::table::{
-    applied, build_error, put_new, unavailable, DynamoStore, Transaction, TransactionFailure,
+    applied, back_off, build_error, put_new, unavailable, DynamoStore, Transaction,
+    TransactionFailure,
 };
+
+/// What each write of a job's creation is, so its refusal is read by meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobWrite {
+    /// The org's count of queued items; refused when the plan's cap would be passed.
+    Queue,
+    /// A new item of the job; refused when it exists.
+    New,
+}
+
+/// How many times a transaction cancelled by a concurrent one is sent again.
+const CONFLICT_ATTEMPTS: u32 = 8;
 use crate::ids::{JobId, OrgId, UserId};
 use crate::store::{ItemStatus, JobItem, JobItemFinish, JobPage, JobRecord, JobStore, StoreError};
 
@@ -53,7 +66,16 @@ impl TryFrom<&Item> for JobItem {
 
 #[async_trait]
 impl JobStore for DynamoStore {
-    async fn create_job(&self, job: &JobRecord, items: &[JobItem]) -> Result<(), StoreError> {
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        items: &[JobItem],
+        max_queued: u64,
+    ) -> Result<bool, StoreError> {
+        let count = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        if count > max_queued {
+            return Ok(false);
+        }
         let record = item(
             keys::job(&job.id),
             [
@@ -72,10 +94,24 @@ impl JobStore for DynamoStore {
             keys::org_job(&job.org, &job.id),
             [("job_id", s(job.id.as_str()))],
         );
-        // One transaction: a job is never visible without all its items.
+        // One transaction: a job is never visible without all its items, nor without them
+        // counted as queued for its org, within the plan's cap.
+        let queue = Update::builder()
+            .table_name(self.table())
+            .set_key(Some(key(keys::queue(&job.org))))
+            .update_expression("ADD queued :count")
+            .condition_expression("attribute_not_exists(queued) OR queued <= :room")
+            .expression_attribute_values(":count", n(count))
+            .expression_attribute_values(":room", n(max_queued - count))
+            .build()
+            .map_err(build_error)?;
         let mut transaction = Transaction::new();
-        transaction.push((), put_new(self, record)?);
-        transaction.push((), put_new(self, listing)?);
+        transaction.push(
+            JobWrite::Queue,
+            TransactWriteItem::builder().update(queue).build(),
+        );
+        transaction.push(JobWrite::New, put_new(self, record)?);
+        transaction.push(JobWrite::New, put_new(self, listing)?);
         for entry in items {
             let row = item(
                 keys::job_item(&job.id, &entry.id),
@@ -85,13 +121,23 @@ impl JobStore for DynamoStore {
                     ("status", s(entry.status.as_str())),
                 ],
             );
-            transaction.push((), put_new(self, row)?);
+            transaction.push(JobWrite::New, put_new(self, row)?);
         }
-        match transaction.send(self).await {
-            Ok(()) => Ok(()),
-            Err(TransactionFailure::Refused(_)) => Err(StoreError::Conflict("job")),
-            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
-                Err(err)
+        let mut attempt = 0u32;
+        loop {
+            match transaction.send(self).await {
+                Ok(()) => return Ok(true),
+                Err(TransactionFailure::Refused(refused)) if refused.contains(&JobWrite::New) => {
+                    return Err(StoreError::Conflict("job"))
+                }
+                Err(TransactionFailure::Refused(_)) => return Ok(false),
+                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    back_off(attempt).await;
+                }
+                Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                    return Err(err)
+                }
             }
         }
     }
@@ -209,15 +255,23 @@ impl JobStore for DynamoStore {
 
     async fn finish_item(&self, finish: &JobItemFinish) -> Result<bool, StoreError> {
         let mut transaction = Transaction::new();
-        // The item's outcome and the job's count change together, or not at all.
+        // The item's outcome, the job's count and the org's queue change together, or not at all.
         for write in finish_writes(self, finish)? {
             transaction.push((), write);
         }
-        match transaction.send(self).await {
-            Ok(()) => Ok(true),
-            Err(TransactionFailure::Refused(_)) => Ok(false),
-            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
-                Err(err)
+        let mut attempt = 0u32;
+        loop {
+            match transaction.send(self).await {
+                Ok(()) => return Ok(true),
+                Err(TransactionFailure::Refused(_)) => return Ok(false),
+                // Other items of the org finishing at the same moment touch its queue count.
+                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    back_off(attempt).await;
+                }
+                Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                    return Err(err)
+                }
             }
         }
     }
@@ -228,8 +282,9 @@ impl JobStore for DynamoStore {
 pub(super) fn finish_writes(
     store: &DynamoStore,
     finish: &JobItemFinish,
-) -> Result<[TransactWriteItem; 2], StoreError> {
+) -> Result<[TransactWriteItem; 3], StoreError> {
     let JobItemFinish {
+        org,
         job,
         item,
         attempt,
@@ -275,8 +330,16 @@ pub(super) fn finish_writes(
         .expression_attribute_values(":one", n(1))
         .build()
         .map_err(build_error)?;
+    let dequeued = Update::builder()
+        .table_name(store.table())
+        .set_key(Some(key(keys::queue(org))))
+        .update_expression("ADD queued :minus_one")
+        .expression_attribute_values(":minus_one", n(-1))
+        .build()
+        .map_err(build_error)?;
     Ok([
         TransactWriteItem::builder().update(update).build(),
         TransactWriteItem::builder().update(count).build(),
+        TransactWriteItem::builder().update(dequeued).build(),
     ])
 }

@@ -15,6 +15,7 @@
 //! | job | `JOB#<job id>` | `JOB` |
 //! | job item | `JOB#<job id>` | `ITEM#<item id>` |
 //! | an org's job | `ORG_JOBS#<org id>` | `<job id>` (UUIDv7: newest sorts last) |
+//! | an org's queued job items | `JOBQ#<org id>` | `QUEUE` |
 //! | throttle counter | `THROTTLE#<kind>#<email or address>#<window>` | `THROTTLE` |
 //! | API key, by its hash | `APIKEY#<hmac of the secret>` | `KEY` |
 //! | an org's API key | `ORG_KEYS#<org id>` | `<key id>` (UUIDv7: oldest first) |
@@ -108,6 +109,11 @@ pub(super) fn jobs_of(org: &OrgId) -> String {
 
 pub(super) fn org_job(org: &OrgId, job: &JobId) -> Key {
     (jobs_of(org), job.to_string())
+}
+
+/// An org's count of job items queued.
+pub(super) fn queue(org: &OrgId) -> Key {
+    (format!("JOBQ#{org}"), "QUEUE".to_owned())
 }
 
 pub(super) fn throttle(kind: &str, subject: &str, window: i64) -> Key {
