@@ -59,12 +59,57 @@ async fn dynamo() -> Option<Stores> {
     Some(Stores::from(Arc::new(store)))
 }
 
+/// An OpenAI upstream gone bad: a prompt saying `leak` gets a 500 whose message holds a
+/// credential; any other gets 200 and a body that never ends.
+async fn hostile_upstream() -> String {
+    async fn answer(body: String) -> axum::response::Response {
+        if body.contains("leak") {
+            let error = json!({"error": {"message": "upstream broke; key sk-live-abcdefghijklmnopqrstuvwx1234 was used"}});
+            return axum::response::Response::builder()
+                .status(500)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(error.to_string()))
+                .expect("response");
+        }
+        let endless = futures::stream::iter(
+            std::iter::once("{\"choices\": \"".to_owned())
+                .chain(std::iter::repeat_n("x".repeat(64 * 1024), 400)),
+        )
+        .map(|chunk| Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk)));
+        axum::response::Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(endless))
+            .expect("response")
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 async fn start(stores: Stores) -> Gateway {
-    let settings = Settings::local(
+    let mut settings = Settings::local(
         "hostile-secret-hostile-secret-hostile",
         "http://unused",
         None,
     );
+    // GPT's provider is hostile; the others are simulated.
+    settings.providers.openai = gateway::config::Endpoint {
+        base_url: hostile_upstream().await,
+        api_key: Some(gateway::secret::Secret::new(
+            "sk-gateway-own-key-0123456789",
+        )),
+    };
+    // Two requests in flight at most on the team plan, to show the cap.
+    settings
+        .catalog
+        .plans
+        .get_mut(&gateway::ids::PlanId::from("team"))
+        .expect("team")
+        .max_in_flight = 2;
     let orgs = stores.orgs.clone();
     let router = local_server::build_on(settings, stores, &options())
         .await
@@ -355,6 +400,93 @@ async fn sign_ins_and_sign_ups_cannot_be_hammered(gw: &Gateway) {
     gw.still_healthy().await;
 }
 
+async fn hostile_upstreams_are_a_clear_502(gw: &Gateway) {
+    let chat = |prompt: &str| {
+        gw.ai(reqwest::Method::POST, "/api/v1/ai/chat").json(
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}),
+        )
+    };
+    // An answer that never ends is cut at the cap.
+    let (status, detail) = gw.status_and_detail(chat("go on")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{detail}");
+    assert!(detail.contains("larger than"), "{detail}");
+    // An error that carries a credential reaches the client without it.
+    let (status, detail) = gw.status_and_detail(chat("leak")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{detail}");
+    assert!(!detail.contains("sk-live"), "{detail}");
+    assert!(detail.contains("***"), "{detail}");
+    gw.still_healthy().await;
+}
+
+async fn work_is_bounded_per_org(gw: &Gateway) {
+    // Two streams held open by a thinking model fill the plan's two places in flight...
+    let thinking = || {
+        gw.ai(reqwest::Method::POST, "/api/v1/ai/chat/stream")
+            .json(&json!({
+                "model": "claude-3-haiku",
+                "messages": [{"role": "user", "content": "[sim:think_ms=3000] ponder"}]
+            }))
+    };
+    let first = thinking().send().await.expect("stream");
+    let second = thinking().send().await.expect("stream");
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    // ...so a third request waits its turn.
+    let response = thinking().send().await.expect("stream");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Once their clients leave, the two settle and make room again.
+    drop((first, second));
+    let mut room = false;
+    for _ in 0..100 {
+        let chat = gw
+            .ai(reqwest::Method::POST, "/api/v1/ai/chat")
+            .json(&json!({"messages": [{"role": "user", "content": "room?"}]}));
+        if chat.send().await.expect("chat").status() == StatusCode::OK {
+            room = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(room, "the streams' places were never given back");
+    // A batch larger than the messages left this month is refused before anything is queued
+    // (the team plan has no such limit: a free org shows it).
+    // (mallory's second org, on the free plan: this address has used up its sign-ups.)
+    let free = gw.http.clone();
+    let token = gw.token.clone();
+    let org: Value = free
+        .post(format!("{}/api/v1/orgs", gw.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Batch", "slug": "batch"}))
+        .send()
+        .await
+        .expect("org")
+        .json()
+        .await
+        .expect("json");
+    let items: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("i{i}"), "messages": [{"role": "user", "content": "hi"}]}))
+        .collect();
+    let submit = |items: Vec<Value>| {
+        free.post(format!("{}/api/v1/ai/jobs", gw.base))
+            .bearer_auth(&token)
+            .header("x-current-org", org["id"].as_str().expect("id"))
+            .json(&json!({"items": items}))
+    };
+    // One of the free plan's 50 messages used: a batch of 50 no longer fits.
+    let chat = free
+        .post(format!("{}/api/v1/ai/chat", gw.base))
+        .bearer_auth(&token)
+        .header("x-current-org", org["id"].as_str().expect("id"))
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(chat.send().await.expect("chat").status(), StatusCode::OK);
+    let (status, detail) = gw.status_and_detail(submit(items)).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{detail}");
+    gw.still_healthy().await;
+}
+
 async fn every_group(stores: Stores) {
     let gw = start(stores).await;
     input_the_store_would_refuse_is_a_4xx(&gw).await;
@@ -362,6 +494,8 @@ async fn every_group(stores: Stores) {
     an_answer_cannot_end_the_stream(&gw).await;
     slow_and_lying_clients_are_shown_the_door(&gw).await;
     sign_ins_and_sign_ups_cannot_be_hammered(&gw).await;
+    hostile_upstreams_are_a_clear_502(&gw).await;
+    work_is_bounded_per_org(&gw).await;
 }
 
 #[tokio::test]
