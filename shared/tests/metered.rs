@@ -13,7 +13,6 @@ use gateway::chat::{self, ChatBody};
 use gateway::config::Settings;
 use gateway::ids::{OrgId, PlanId, UserId};
 use gateway::metered;
-use gateway::store::memory::MemoryStore;
 use gateway::store::{MonthCounter, Outcome, Party, RequestRecord, Store, Stores};
 use gateway::AppState;
 use serde_json::json;
@@ -27,18 +26,6 @@ async fn serve(router: Router) -> String {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    url
-}
-
-async fn simulator() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(simulator::serve(
-        listener,
-        simulator::SimulatorConfig::default(),
-    ));
     url
 }
 
@@ -123,7 +110,7 @@ async fn only_record(store: &Arc<dyn Store>, org: &OrgId, month: &str) -> Reques
 
 async fn a_dropped_call_settles_and_releases_its_hold<S: Store + 'static>(store: Arc<S>) {
     // GIVEN an admitted call to a provider that takes five seconds to answer
-    let (state, org, user) = gateway(&store, &simulator().await).await;
+    let (state, org, user) = gateway(&store, &common::simulator().await).await;
     let store: Arc<dyn Store> = store;
     let month = gateway::clock::month_of(state.clock.now());
     let admitted = metered::admit(
@@ -228,7 +215,7 @@ async fn a_revoked_key_stops_on_the_next_request_in_every_process<S: Store + 'st
     store: Arc<S>,
 ) {
     // GIVEN two processes on one store, and an org key that the first has used (and remembers)
-    let upstream = simulator().await;
+    let upstream = common::simulator().await;
     let (first, org, owner) = gateway(&store, &upstream).await;
     let settings = Settings::local(SECRET, &upstream, Some("sk-test"));
     let second = AppState::new(&settings, Stores::from(store.clone())).expect("state");
@@ -265,29 +252,6 @@ async fn a_revoked_key_stops_on_the_next_request_in_every_process<S: Store + 'st
     let record = only_record(&store, &org, &month).await;
     assert_eq!(record.api_key.as_ref(), Some(&new.record.id));
     assert_eq!(&record.user, owner.user());
-}
-
-macro_rules! on_every_store {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(std::sync::Arc::new(super::MemoryStore::new())).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    if let Some(store) = super::common::dynamo_store().await {
-                        super::$case(store).await;
-                    }
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(

@@ -13,30 +13,17 @@ use gateway::chat::{self, ChatBody};
 use gateway::config::Settings;
 use gateway::ids::{ModelId, OrgId, PlanId, UserId};
 use gateway::metered::{self, StreamEnd};
-use gateway::store::memory::MemoryStore;
 use gateway::store::{Outcome, Party, RequestRecord, Store, Stores};
 use gateway::AppState;
 use serde_json::json;
 
 const SECRET: &str = "resilience-secret-resilience-secret";
 
-async fn simulator() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(simulator::serve(
-        listener,
-        simulator::SimulatorConfig::default(),
-    ));
-    url
-}
-
 /// A gateway whose `gpt-4o-mini` falls back to `claude-3-haiku` (outside the free plan), then to
 /// `gemini-1.5-flash`; retries are quick, and an attempt waits 300 ms for its first byte. Its
 /// org is on the free plan.
 async fn gateway<S: Store + 'static>(store: &Arc<S>) -> (AppState, OrgId, Party) {
-    let mut settings = Settings::local(SECRET, &simulator().await, Some("sk-test"));
+    let mut settings = Settings::local(SECRET, &common::simulator().await, Some("sk-test"));
     settings.catalog.retries = RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_millis(10),
@@ -265,29 +252,6 @@ async fn streams_are_retried_before_their_first_event_only<S: Store + 'static>(s
         .collect();
     attempts.sort_unstable();
     assert_eq!(attempts, [1, 2]);
-}
-
-macro_rules! on_every_store {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(std::sync::Arc::new(super::MemoryStore::new())).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    if let Some(store) = super::common::dynamo_store().await {
-                        super::$case(store).await;
-                    }
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(

@@ -57,3 +57,42 @@ pub fn org(slug: &str, owner: &UserId, created_at: &str) -> OrgRecord {
         created_at: created_at.to_owned(),
     }
 }
+
+/// A provider simulator on loopback; its base URL.
+pub async fn simulator() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator::SimulatorConfig::default(),
+    ));
+    url
+}
+
+/// One test per case and store: the in-memory store always, DynamoDB Local when the test
+/// command started it. Each case is generic over the store.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(std::sync::Arc::new(gateway::store::memory::MemoryStore::new())).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(store) = super::common::dynamo_store().await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}

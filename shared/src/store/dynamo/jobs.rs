@@ -10,8 +10,7 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use super::item::{get_i64, get_s, get_u64, item, key, n, s, Item};
 use super::keys;
 use super::table::{
-    applied, back_off, build_error, put_new, unavailable, DynamoStore, Transaction,
-    TransactionFailure,
+    applied, build_error, put_new, unavailable, DynamoStore, Transaction, TransactionFailure,
 };
 
 /// What each write of a job's creation is, so its refusal is read by meaning.
@@ -23,8 +22,6 @@ enum JobWrite {
     New,
 }
 
-/// How many times a transaction cancelled by a concurrent one is sent again.
-const CONFLICT_ATTEMPTS: u32 = 8;
 use crate::ids::{JobId, OrgId, UserId};
 use crate::store::{ItemStatus, JobItem, JobItemFinish, JobPage, JobRecord, JobStore, StoreError};
 
@@ -123,21 +120,14 @@ impl JobStore for DynamoStore {
             );
             transaction.push(JobWrite::New, put_new(self, row)?);
         }
-        let mut attempt = 0u32;
-        loop {
-            match transaction.send(self).await {
-                Ok(()) => return Ok(true),
-                Err(TransactionFailure::Refused(refused)) if refused.contains(&JobWrite::New) => {
-                    return Err(StoreError::Conflict("job"))
-                }
-                Err(TransactionFailure::Refused(_)) => return Ok(false),
-                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
-                    attempt += 1;
-                    back_off(attempt).await;
-                }
-                Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
-                    return Err(err)
-                }
+        match transaction.send_until_settled(self).await {
+            Ok(()) => Ok(true),
+            Err(TransactionFailure::Refused(refused)) if refused.contains(&JobWrite::New) => {
+                Err(StoreError::Conflict("job"))
+            }
+            Err(TransactionFailure::Refused(_)) => Ok(false),
+            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                Err(err)
             }
         }
     }
@@ -259,19 +249,12 @@ impl JobStore for DynamoStore {
         for write in finish_writes(self, finish)? {
             transaction.push((), write);
         }
-        let mut attempt = 0u32;
-        loop {
-            match transaction.send(self).await {
-                Ok(()) => return Ok(true),
-                Err(TransactionFailure::Refused(_)) => return Ok(false),
-                // Other items of the org finishing at the same moment touch its queue count.
-                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
-                    attempt += 1;
-                    back_off(attempt).await;
-                }
-                Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
-                    return Err(err)
-                }
+        // Other items of the org finishing at the same moment touch its queue count.
+        match transaction.send_until_settled(self).await {
+            Ok(()) => Ok(true),
+            Err(TransactionFailure::Refused(_)) => Ok(false),
+            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                Err(err)
             }
         }
     }

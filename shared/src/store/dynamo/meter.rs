@@ -16,8 +16,7 @@ use super::jobs::finish_writes;
 use super::keys;
 use super::metrics::{Metered, Units};
 use super::table::{
-    applied, back_off, build_error, unavailable, DynamoStore, Transaction, TransactionFailure,
-    TTL_ATTRIBUTE,
+    applied, build_error, unavailable, DynamoStore, Transaction, TransactionFailure, TTL_ATTRIBUTE,
 };
 use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
@@ -153,9 +152,6 @@ enum SettleWrite {
     /// The job item's answer; its condition is that this attempt still holds the item.
     JobItem,
 }
-
-/// How many times a settlement cancelled by a concurrent transaction is sent again.
-const CONFLICT_ATTEMPTS: u32 = 8;
 
 impl DynamoStore {
     async fn read_month(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
@@ -520,16 +516,14 @@ impl MeterStore for DynamoStore {
         // With its hold present, the month update releases it; if the hold is gone (released as
         // abandoned), the usage still counts.
         let mut with_hold = true;
-        let mut attempt = 0u32;
         loop {
-            let refused = match self.settlement(st, with_hold)?.send(self).await {
+            let sent = self
+                .settlement(st, with_hold)?
+                .send_until_settled(self)
+                .await;
+            let refused = match sent {
                 Ok(()) => return Ok(()),
                 Err(TransactionFailure::Refused(refused)) => refused,
-                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
-                    attempt += 1;
-                    back_off(attempt).await;
-                    continue;
-                }
                 Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
                     return Err(err)
                 }

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use super::item::{get_s, item, s, Item};
 use super::keys;
 use super::metrics::{Metered, Units};
-use super::table::{applied, back_off, put_new, DynamoStore, Transaction, TransactionFailure};
+use super::table::{applied, put_new, DynamoStore, Transaction, TransactionFailure};
 use crate::ids::{OrgId, PlanId, UserId};
 use crate::store::{Membership, OrgAccess, OrgRecord, OrgStore, Role, StoreError};
 
@@ -46,9 +46,6 @@ fn role_of(item: &Item) -> Result<Role, StoreError> {
     Role::parse(raw).ok_or_else(|| StoreError::Corrupt(format!("unknown role {raw}")))
 }
 
-/// How many times a transaction cancelled by a concurrent one is sent again.
-const CONFLICT_ATTEMPTS: u32 = 5;
-
 #[async_trait]
 impl OrgStore for DynamoStore {
     async fn create_org(&self, org: &OrgRecord, joined_at: &str) -> Result<(), StoreError> {
@@ -84,18 +81,11 @@ impl OrgStore for DynamoStore {
         );
         // A transaction that collides with another one in flight on the same slug is cancelled with
         // `TransactionConflict`; retried, it sees the winner's slug and reports the conflict.
-        let mut attempt = 0u32;
-        loop {
-            match transaction.send(self).await {
-                Ok(()) => return Ok(()),
-                Err(TransactionFailure::Refused(_)) => return Err(StoreError::Conflict("slug")),
-                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
-                    attempt += 1;
-                    back_off(attempt).await;
-                }
-                Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
-                    return Err(err)
-                }
+        match transaction.send_until_settled(self).await {
+            Ok(()) => Ok(()),
+            Err(TransactionFailure::Refused(_)) => Err(StoreError::Conflict("slug")),
+            Err(TransactionFailure::Conflict(err) | TransactionFailure::Unavailable(err)) => {
+                Err(err)
             }
         }
     }

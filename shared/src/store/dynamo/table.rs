@@ -315,6 +315,30 @@ impl<W: Copy> Transaction<W> {
     }
 }
 
+/// How many times a transaction cancelled by a concurrent one is sent.
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+impl<W: Copy> Transaction<W> {
+    /// Sends the transaction, again after a short growing pause when a concurrent transaction on
+    /// the same items cancelled it (`TransactionConflict`), a few times at most. Writes refused by
+    /// their conditions are not retried: they are the caller's to read.
+    pub(super) async fn send_until_settled(
+        &self,
+        store: &DynamoStore,
+    ) -> Result<(), TransactionFailure<W>> {
+        let mut attempt = 0u32;
+        loop {
+            match self.send(store).await {
+                Err(TransactionFailure::Conflict(_)) if attempt + 1 < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    back_off(attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// A conditional Put of a new item: refused if the key exists.
 pub(super) fn put_new(store: &DynamoStore, item: Item) -> Result<TransactWriteItem, StoreError> {
     Ok(TransactWriteItem::builder()
@@ -330,6 +354,6 @@ pub(super) fn put_new(store: &DynamoStore, item: Item) -> Result<TransactWriteIt
 }
 
 /// A short, growing pause before retrying a conflicting transaction.
-pub(super) async fn back_off(attempt: u32) {
+async fn back_off(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await;
 }
