@@ -189,10 +189,11 @@ impl Call {
         )
     }
 
-    /// How a call that nobody settled ends: the input the provider was sent is charged (it did
-    /// that work), or, if it was never asked, the message is given back.
+    /// How a call that nobody settled ends: the input the provider was sent is charged if a
+    /// provider was working on it or had answered (it did that work); if none was (never asked,
+    /// or only failed attempts and a wait before the next), the message is given back.
     fn ending_unsettled(&self, why: &str) -> Ending {
-        if self.called_at.is_some() {
+        if self.attempts.asking || self.attempts.answered_by.is_some() {
             Ending::Answered {
                 usage: self.estimate(None, 0),
                 note: Some(format!("usage estimated: {why}")),

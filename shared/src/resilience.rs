@@ -36,6 +36,8 @@ pub struct Attempts {
     pub answered_by: Option<Model>,
     /// The last model asked, answered or not.
     pub last_tried: Option<Model>,
+    /// Whether a provider is being asked right now (not between attempts, waiting to retry).
+    pub asking: bool,
 }
 
 /// The request for one of the call's models: the same conversation, that model's upstream id,
@@ -125,7 +127,10 @@ async fn call_model(
         attempts.made = attempts.made.saturating_add(1);
         attempt += 1;
         let once = once(providers, model, request, ask);
-        let err = match tokio::time::timeout(left, once).await {
+        attempts.asking = true;
+        let result = tokio::time::timeout(left, once).await;
+        attempts.asking = false;
+        let err = match result {
             Ok(Ok(reply)) => return Ok(reply),
             Ok(Err(err)) => err,
             Err(_) => timed_out(),

@@ -254,7 +254,34 @@ async fn streams_are_retried_before_their_first_event_only<S: Store + 'static>(s
     assert_eq!(attempts, [1, 2]);
 }
 
+async fn a_call_dropped_while_waiting_to_retry_is_given_back<S: Store + 'static>(store: Arc<S>) {
+    // GIVEN a provider that failed once and asked for two seconds' rest
+    let (state, org, party) = gateway(&store).await;
+    let prompt = "[sim:flaky=1][sim:retry_after=2] hi";
+    let call = admit(&state, &(org.clone(), party), "gemini-1.5-flash", prompt).await;
+    // WHEN the client goes away during that rest, with no provider working for it
+    let cut = tokio::time::timeout(Duration::from_millis(500), call.complete()).await;
+    assert!(cut.is_err(), "still waiting to retry");
+    // THEN nothing is charged: the message is given back, as for a provider failure
+    let store: Arc<dyn Store> = store;
+    let month = gateway::clock::month_of(state.clock.now());
+    let mut counter = store.month_counter(&org, &month).await.expect("counter");
+    for _ in 0..100 {
+        if counter.holds.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        counter = store.month_counter(&org, &month).await.expect("counter");
+    }
+    let (record, messages) = recorded(&store, &state, &org).await;
+    assert_eq!(
+        (record.outcome, messages, record.input_tokens),
+        (Outcome::Failed, 0, 0)
+    );
+}
+
 on_every_store!(
+    a_call_dropped_while_waiting_to_retry_is_given_back,
     transient_failures_are_retried_and_charged_once,
     a_persistent_failure_gives_the_message_back,
     a_providers_400_is_neither_retried_nor_fallen_back_from,
