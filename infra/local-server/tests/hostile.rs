@@ -487,6 +487,26 @@ async fn work_is_bounded_per_org(gw: &Gateway) {
     gw.still_healthy().await;
 }
 
+async fn an_org_holds_a_bounded_number_of_keys(gw: &Gateway) {
+    let create = |name: String| {
+        gw.http
+            .post(format!("{}/api/v1/orgs/{}/api-keys", gw.base, gw.org))
+            .bearer_auth(&gw.token)
+            .json(&json!({ "name": name }))
+    };
+    for i in 0..gateway::api::keys::MAX_KEYS_PER_ORG {
+        let status = create(format!("key {i}"))
+            .send()
+            .await
+            .expect("create")
+            .status();
+        assert_eq!(status, StatusCode::CREATED, "key {i}");
+    }
+    let (status, detail) = gw.status_and_detail(create("one too many".into())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{detail}");
+    gw.still_healthy().await;
+}
+
 async fn every_group(stores: Stores) {
     let gw = start(stores).await;
     input_the_store_would_refuse_is_a_4xx(&gw).await;
@@ -496,6 +516,7 @@ async fn every_group(stores: Stores) {
     sign_ins_and_sign_ups_cannot_be_hammered(&gw).await;
     hostile_upstreams_are_a_clear_502(&gw).await;
     work_is_bounded_per_org(&gw).await;
+    an_org_holds_a_bounded_number_of_keys(&gw).await;
 }
 
 #[tokio::test]

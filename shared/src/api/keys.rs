@@ -14,6 +14,10 @@ use crate::ids::{KeyId, OrgId};
 use crate::state::AppState;
 use crate::store::{ApiKeyRecord, Membership, Party};
 
+/// The most keys one org may hold at once (a soft cap: two creations racing at the edge may
+/// both pass), so listing them stays one small read.
+pub const MAX_KEYS_PER_ORG: usize = 100;
+
 /// Where an org's keys live; a key is `ORGS_PATH/{org_id}/api-keys/{id}`.
 pub const ORGS_PATH: &str = "/api/v1/orgs";
 
@@ -119,6 +123,12 @@ async fn create_inner(state: &AppState, request: &Request) -> Result<HttpRespons
         .into());
     }
     let caller = caller(state, request)?;
+    if state.stores.keys.keys_of(&membership.org.id).await?.len() >= MAX_KEYS_PER_ORG {
+        return Err(RequestError::Conflict(format!(
+            "The organization already has {MAX_KEYS_PER_ORG} API keys; revoke one first"
+        ))
+        .into());
+    }
     let new = api_keys::generate(state, &membership.org.id, name, &caller.user_id)?;
     state.stores.keys.create_key(&new.record).await?;
     tracing::info!(org_id = %membership.org.id, key_id = %new.record.id, "API key created");
