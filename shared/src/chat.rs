@@ -179,10 +179,16 @@ pub fn check<'a>(
 }
 
 /// The models a prepared request may be answered by, in order: its own, then its fallbacks that
-/// the plan allows and that can honour the request (a `seed` rules out Anthropic's).
+/// the plan allows and that can honour the request (a `seed` rules out Anthropic's; a
+/// `max_tokens` the caller asked for rules out models that allow fewer, rather than being cut).
 pub fn candidates(catalog: &Catalog, plan: &Plan, chat: &PreparedChat) -> Vec<Model> {
     let honours = |model: &Model| {
-        !(chat.request.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic)
+        let seed =
+            chat.request.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic;
+        let asked = chat
+            .asked_max_tokens
+            .is_some_and(|asked| asked > u64::from(model.max_tokens));
+        !seed && !asked
     };
     std::iter::once(chat.model.clone())
         .chain(
@@ -341,6 +347,54 @@ mod tests {
         assert!(
             detail.contains("5000") && detail.contains("4096"),
             "{detail}"
+        );
+    }
+
+    #[test]
+    fn fallbacks_are_those_the_plan_allows_that_can_honour_the_request() {
+        let mut catalog = Catalog::builtin();
+        let gpt = ModelId::from("gpt-4o-mini");
+        catalog.models.get_mut(&gpt).expect("model").fallbacks = vec![
+            ModelId::from("claude-3-haiku"),
+            ModelId::from("gemini-1.5-pro"),
+            ModelId::from("gemini-1.5-flash"),
+        ];
+        let candidates = |plan: &str, json: serde_json::Value| {
+            let plan = catalog.plan(&PlanId::from(plan)).expect("plan");
+            let chat = prepare(&catalog, plan, validate(body(json)).expect("valid")).expect("ok");
+            candidates(&catalog, plan, &chat)
+                .into_iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let hi = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+        // The free plan allows only GPT and Gemini Flash.
+        assert_eq!(
+            candidates("free", hi.clone()),
+            ["gpt-4o-mini", "gemini-1.5-flash"]
+        );
+        assert_eq!(
+            candidates("team", hi),
+            [
+                "gpt-4o-mini",
+                "claude-3-haiku",
+                "gemini-1.5-pro",
+                "gemini-1.5-flash"
+            ]
+        );
+        // A seed rules Claude out; 6,000 output tokens asked for rule out Claude's 4,096.
+        let seeded = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+        let mut seeded_input = validate(body(seeded)).expect("valid");
+        seeded_input.sampling.seed = Some(1);
+        let team = catalog.plan(&PlanId::from("team")).expect("plan");
+        let chat = prepare(&catalog, team, seeded_input).expect("ok");
+        assert!(!super::candidates(&catalog, team, &chat)
+            .iter()
+            .any(|m| m.id.as_str() == "claude-3-haiku"));
+        let long = serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 6000, "messages": [{"role": "user", "content": "Hi"}]});
+        assert_eq!(
+            candidates("team", long),
+            ["gpt-4o-mini", "gemini-1.5-pro", "gemini-1.5-flash"]
         );
     }
 

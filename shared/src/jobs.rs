@@ -305,23 +305,24 @@ pub async fn process(
 
 async fn fail_for_good(state: &AppState, message: &JobMessage, reason: &str) {
     let reason = format!("gave up after repeated failures: {reason}");
-    fail_item(state, message, &reason).await;
+    fail_item(state, message, None, &reason).await;
     tracing::warn!(job_id = %message.job_id, item_id = %message.item_id, %reason, "job item failed for good");
 }
 
 /// Fails the items whose messages the queue would not take, so the job still finishes (partly
 /// failed) instead of waiting for ever. An item a worker got to first (its message was taken after
 /// all) is left to that worker: the claim decides, so nothing is answered and failed at once.
-pub async fn fail_unqueued(state: &AppState, unsent: &[JobMessage], reason: &str) {
+pub async fn fail_unqueued(state: &AppState, org: &OrgId, unsent: &[JobMessage], reason: &str) {
     let reason = format!("could not be queued: {reason}");
     for message in unsent {
-        fail_item(state, message, &reason).await;
+        fail_item(state, message, Some(org), &reason).await;
     }
 }
 
 /// Claims an item for one last attempt and finishes it as failed; does nothing if it is finished
 /// or another attempt holds it.
-async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
+/// The job's org is read only when the caller does not know it.
+async fn fail_item(state: &AppState, message: &JobMessage, org: Option<&OrgId>, reason: &str) {
     let jobs = state.stores.jobs.as_ref();
     let attempt = uuid::Uuid::now_v7().to_string();
     let now = state.clock.now().unix_timestamp();
@@ -336,9 +337,9 @@ async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
         .await;
     let finished = match claimed {
         // The job's org, whose count of queued items the finish takes one off.
-        Ok(true) => match jobs.job(&message.job_id).await {
-            Ok(Some((job, _))) => {
-                let at = (&job.org, &message.job_id);
+        Ok(true) => match org_of(state, message, org).await {
+            Ok(Some(org)) => {
+                let at = (&org, &message.job_id);
                 let failed = JobItemFinish::failed(at, &message.item_id, &attempt, reason);
                 jobs.finish_item(&failed).await
             }
@@ -350,6 +351,19 @@ async fn fail_item(state: &AppState, message: &JobMessage, reason: &str) {
     if let Err(error) = finished {
         tracing::error!(job_id = %message.job_id, item_id = %message.item_id, %error, "a job item could not be marked failed");
     }
+}
+
+/// The org of a message's job: `known`, else read with the job.
+async fn org_of(
+    state: &AppState,
+    message: &JobMessage,
+    known: Option<&OrgId>,
+) -> Result<Option<OrgId>, StoreError> {
+    if let Some(org) = known {
+        return Ok(Some(org.clone()));
+    }
+    let job = state.stores.jobs.job(&message.job_id).await?;
+    Ok(job.map(|(job, _)| job.org))
 }
 
 #[derive(Debug, Serialize)]

@@ -456,7 +456,7 @@ async fn submit_job_inner(
         .collect();
     if let Err(err) = queue.enqueue(&messages).await {
         tracing::error!(job_id = %job.id, error = %err, unsent = err.unsent.len(), "job items could not be queued");
-        jobs::fail_unqueued(state, &err.unsent, &err.reason).await;
+        jobs::fail_unqueued(state, &job.org, &err.unsent, &err.reason).await;
         if err.unsent.len() == messages.len() {
             // Nothing will run: the job is failed and the caller told to try again.
             return Err(GatewayError::QueueUnavailable(job.id));

@@ -51,14 +51,15 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
         Err(err) => (Err(err), None),
     };
     let admitted = metered::admit(state, &party, org, input).await?;
+    let request_id = admitted.request_id().to_owned();
     let mut answer = Answer {
-        id: format!("chatcmpl-{}", admitted.request_id()),
+        id: format!("chatcmpl-{request_id}"),
         created: state.clock.now().unix_timestamp(),
         model: admitted.chat().model.id.to_string(),
     };
     let mut headers = HeaderMap::new();
     limit_headers(&mut headers, admitted.rate(), admitted.tokens());
-    insert(&mut headers, "x-request-id", admitted.request_id());
+    insert(&mut headers, "x-request-id", &request_id);
     let Some(include_usage) = stream else {
         let result = admitted.complete().await;
         let mut response = match result {
@@ -66,7 +67,7 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
                 answer.model = model.to_string();
                 respond::json(StatusCode::OK, &answer.completion(response))
             }
-            Err(err) => error(err.into(), &answer.id["chatcmpl-".len()..]),
+            Err(err) => error(err.into(), &request_id),
         };
         response.headers_mut().extend(headers);
         return Ok(plain(response));
@@ -83,7 +84,7 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
             event_stream(opened, chunks, deadline, &headers)
         }
         Err((err, _)) => {
-            let mut response = error(err.into(), &answer.id["chatcmpl-".len()..]);
+            let mut response = error(err.into(), &request_id);
             response.headers_mut().extend(headers);
             Ok(plain(response))
         }

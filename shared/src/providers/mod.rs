@@ -426,19 +426,9 @@ impl Upstream {
     }
 
     /// The events of an accepted streaming response, decoded as they arrive: events parsed before
-    /// a failure still go out first, and every silence is bounded by the request timeout.
+    /// a failure still go out first, and every silence is bounded by the idle timeout.
     fn events(&self, response: reqwest::Response, parser: impl StreamParser) -> ChatStream {
-        struct State<P> {
-            upstream: Upstream,
-            bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-            decoder: sse::SseDecoder,
-            parser: P,
-            pending: VecDeque<StreamEvent>,
-            /// Sent once `pending` is drained: events parsed before a failure still go out first.
-            failure: Option<ProviderError>,
-            done: bool,
-        }
-        let state = State {
+        let state = Decoding {
             upstream: self.clone(),
             bytes: Box::pin(response.bytes_stream()),
             decoder: sse::SseDecoder::new(),
@@ -458,56 +448,67 @@ impl Upstream {
                 if st.done {
                     return None;
                 }
-                let interrupted = |up: &Upstream, why: String| {
-                    up.error(ProviderErrorKind::Interrupted(up.scrub(&why)))
-                };
                 match tokio::time::timeout(st.upstream.idle, st.bytes.next()).await {
-                    Err(_) => {
-                        st.done = true;
-                        st.failure = Some(st.upstream.error(ProviderErrorKind::Timeout));
-                    }
+                    Err(_) => st.fail(st.upstream.error(ProviderErrorKind::Timeout)),
                     Ok(Some(Err(e))) => {
-                        st.done = true;
                         let why = st.upstream.transport_error(e).kind.to_string();
-                        st.failure = Some(interrupted(&st.upstream, why));
+                        st.interrupt(why);
                     }
+                    Ok(None) if st.parser.finished() => st.done = true,
                     Ok(None) => {
-                        st.done = true;
-                        if !st.parser.finished() {
-                            st.failure = Some(interrupted(
-                                &st.upstream,
-                                "the connection closed before the answer was complete".into(),
-                            ));
-                        }
+                        st.interrupt("the connection closed before the answer was complete".into())
                     }
-                    Ok(Some(Ok(chunk))) => {
-                        for event in st.decoder.push(&chunk) {
-                            match st.parser.parse(event) {
-                                Ok(events) => st.pending.extend(events),
-                                Err(why) => {
-                                    st.done = true;
-                                    st.failure = Some(interrupted(&st.upstream, why));
-                                    break;
-                                }
-                            }
-                        }
-                        if st.decoder.overflowed() && st.failure.is_none() {
-                            st.done = true;
-                            let why = format!(
-                                "an event or line was larger than {} bytes",
-                                sse::MAX_LINE_BYTES
-                            );
-                            st.failure = Some(interrupted(&st.upstream, why));
-                        }
-                        // The terminal event ends the answer; no need to wait for the close.
-                        if st.parser.finished() {
-                            st.done = true;
-                        }
-                    }
+                    Ok(Some(Ok(chunk))) => st.decode(&chunk),
                 }
             }
         });
         Box::pin(stream)
+    }
+}
+
+/// A streaming response being decoded into the gateway's events.
+struct Decoding<P> {
+    upstream: Upstream,
+    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    decoder: sse::SseDecoder,
+    parser: P,
+    pending: VecDeque<StreamEvent>,
+    /// Sent once `pending` is drained: events parsed before a failure still go out first.
+    failure: Option<ProviderError>,
+    done: bool,
+}
+
+impl<P: StreamParser> Decoding<P> {
+    /// Ends the stream with `failure`, after the events already parsed.
+    fn fail(&mut self, failure: ProviderError) {
+        self.done = true;
+        self.failure.get_or_insert(failure);
+    }
+
+    /// Ends the stream as interrupted, for `why` (scrubbed of credentials).
+    fn interrupt(&mut self, why: String) {
+        let failure = self
+            .upstream
+            .error(ProviderErrorKind::Interrupted(self.upstream.scrub(&why)));
+        self.fail(failure);
+    }
+
+    /// Decodes a chunk into events; a parse failure or an oversized line or event ends the
+    /// stream, and so does the provider's terminal event (no need to wait for the close).
+    fn decode(&mut self, chunk: &[u8]) {
+        for event in self.decoder.push(chunk) {
+            match self.parser.parse(event) {
+                Ok(events) => self.pending.extend(events),
+                Err(why) => return self.interrupt(why),
+            }
+        }
+        if self.decoder.overflowed() {
+            let cap = sse::MAX_LINE_BYTES;
+            return self.interrupt(format!("an event or line was larger than {cap} bytes"));
+        }
+        if self.parser.finished() {
+            self.done = true;
+        }
     }
 }
 
