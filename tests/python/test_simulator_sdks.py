@@ -8,14 +8,18 @@ Run from the repository root after `cargo build -p simulator`:
 `SIMULATOR_BIN` overrides the binary (default: target/debug/simulator).
 """
 
+import base64
+import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 import anthropic
 import openai
+import pydantic
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
@@ -23,6 +27,42 @@ from google.genai import types
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENS = 24  # SimulatorConfig::default().answer_tokens
+
+# A 1x1 transparent PNG.
+PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+
+# Input tokens of one image (see the simulator's lib.rs): OpenAI in high / low detail,
+# Anthropic, Gemini.
+OPENAI_IMAGE_TOKENS = 765
+OPENAI_LOW_DETAIL_TOKENS = 85
+ANTHROPIC_IMAGE_TOKENS = 1600
+GEMINI_IMAGE_TOKENS = 258
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "note": {"type": "string"},
+    },
+    "required": ["city", "days", "unit"],
+}
+TIME_SCHEMA = {
+    "type": "object",
+    "properties": {"zone": {"type": "string"}},
+    "required": ["zone"],
+}
+# What the simulated model puts in a weather call: every required property, typed.
+WEATHER_ARGUMENTS = {"city": "simulated", "days": 1, "unit": "celsius"}
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    days: int
+    unit: Literal["celsius", "fahrenheit"]
 
 
 def _free_port() -> int:
@@ -339,3 +379,390 @@ def test_gemini_echo_keeps_unicode_and_leading_spaces(genai_client):
         model="gemini-2.5-flash", contents="[sim:echo] من  هنا"
     )
     assert [chunk.text for chunk in chunks] == [" من", "  هنا"]
+
+
+# ------------------------------------------------------------ Tools, JSON output and images
+#
+# Tool calls, structured output and images, parsed by each SDK's own types and helpers: what a
+# gateway forwarding the simulator's answers must keep intact.
+
+
+def _tokens(arguments_json: str) -> int:
+    """Output tokens of a tool call: its arguments' JSON split at whitespace."""
+    return len(arguments_json.split())
+
+
+# ------------------------------------------------------------------------------ OpenAI tools
+
+OPENAI_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": WEATHER_SCHEMA,
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": TIME_SCHEMA}},
+]
+
+
+def test_openai_forced_tool_call_parses(openai_client):
+    # GIVEN a request forcing get_weather  WHEN it is sent
+    completion = openai_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=OPENAI_TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    # THEN the SDK parses one call with every required argument, and no content
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function"
+    assert call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == WEATHER_ARGUMENTS
+    assert completion.usage.completion_tokens == _tokens(call.function.arguments)
+
+
+def test_openai_streamed_parallel_tool_calls_parse(openai_client):
+    # GIVEN a prompt asking for two calls  WHEN it is streamed
+    stream = openai_client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather and time [sim:tools=2]"}],
+        tools=OPENAI_TOOLS,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    calls, finish_reasons, usage = {}, [], None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": None, "args": []})
+                call["id"] = delta.id or call["id"]
+                call["name"] = delta.function.name or call["name"]
+                if delta.function.arguments:
+                    call["args"].append(delta.function.arguments)
+            if choice.finish_reason:
+                finish_reasons.append(choice.finish_reason)
+    # THEN delta.tool_calls rebuild two calls, their arguments arriving in several fragments
+    assert sorted(calls) == [0, 1]
+    assert [calls[0]["name"], calls[1]["name"]] == ["get_weather", "get_time"]
+    assert calls[0]["id"] != calls[1]["id"]
+    assert len(calls[0]["args"]) > 1
+    assert json.loads("".join(calls[0]["args"])) == WEATHER_ARGUMENTS
+    assert json.loads("".join(calls[1]["args"])) == {"zone": "simulated"}
+    assert finish_reasons == ["tool_calls"]
+    assert usage.completion_tokens == sum(len(call["args"]) for call in calls.values())
+
+
+def test_openai_stream_helper_accumulates_tool_calls(openai_client):
+    with openai_client.chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather? [sim:tool]"}],
+        tools=OPENAI_TOOLS,
+    ) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == WEATHER_ARGUMENTS
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_openai_tool_result_round_trip(openai_client):
+    # GIVEN a tool call made in answer to a prompt that asked for one
+    messages = [{"role": "user", "content": "Weather in Paris? [sim:tool]"}]
+    first = openai_client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, tools=OPENAI_TOOLS
+    )
+    [call] = first.choices[0].message.tool_calls
+    # WHEN the call and its result are sent back
+    messages.append(
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]}
+    )
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "21 degrees and sunny"})
+    second = openai_client.chat.completions.create(
+        model="gpt-4o-mini", messages=messages, tools=OPENAI_TOOLS
+    )
+    # THEN the model answers with text quoting the result
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == "The tool returned: 21 degrees and sunny"
+    # AND a result for a call that was never made is refused as OpenAI refuses it
+    messages[-1]["tool_call_id"] = "call_unknown"
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, tools=OPENAI_TOOLS
+        )
+    assert caught.value.param == "messages.[2].tool_call_id"
+
+
+def test_openai_parse_fills_the_json_schema(openai_client):
+    completion = openai_client.chat.completions.parse(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather in Paris"}],
+        response_format=Weather,
+    )
+    assert completion.choices[0].message.parsed == Weather(**WEATHER_ARGUMENTS)
+
+
+def test_openai_image_counts_input_tokens(openai_client):
+    text = {"type": "text", "text": "What is in this image?"}
+
+    def image(url, detail="auto"):
+        return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
+
+    def prompt_tokens(content):
+        return openai_client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+        ).usage.prompt_tokens
+
+    alone = prompt_tokens([text])
+    data_url = f"data:image/png;base64,{PNG_BASE64}"
+    assert prompt_tokens([text, image(data_url)]) == alone + OPENAI_IMAGE_TOKENS
+    assert prompt_tokens([text, image(data_url, "low")]) == alone + OPENAI_LOW_DETAIL_TOKENS
+    with pytest.raises(openai.BadRequestError):
+        prompt_tokens([text, image(f"data:image/bmp;base64,{PNG_BASE64}")])
+
+
+# --------------------------------------------------------------------------- Anthropic tools
+
+ANTHROPIC_TOOLS = [
+    {"name": "get_weather", "description": "Weather in a city", "input_schema": WEATHER_SCHEMA},
+    {"name": "get_time", "input_schema": TIME_SCHEMA},
+]
+
+
+def test_anthropic_forced_tool_use_parses(anthropic_client):
+    message = anthropic_client.messages.create(
+        model="claude-3-haiku-20240307",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )
+    assert message.stop_reason == "tool_use"
+    [block] = message.content
+    assert block.type == "tool_use"
+    assert block.id.startswith("toolu_")
+    assert block.name == "get_weather"
+    assert block.input == WEATHER_ARGUMENTS
+    assert message.usage.output_tokens == _tokens(json.dumps(block.input))
+
+
+def test_anthropic_stream_helper_accumulates_tool_use(anthropic_client):
+    # GIVEN two calls forced with tool_choice any  WHEN the SDK's stream helper reads them
+    with anthropic_client.messages.stream(
+        model="claude-3-haiku-20240307",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Weather and time [sim:tools=2]"}],
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "any"},
+    ) as stream:
+        partials = [event.partial_json for event in stream if event.type == "input_json"]
+        final = stream.get_final_message()
+    # THEN the final message holds both tool_use blocks with their input parsed from fragments
+    assert final.stop_reason == "tool_use"
+    assert [block.type for block in final.content] == ["tool_use", "tool_use"]
+    assert [block.name for block in final.content] == ["get_weather", "get_time"]
+    assert final.content[0].input == WEATHER_ARGUMENTS
+    assert final.content[1].input == {"zone": "simulated"}
+    assert final.content[0].id != final.content[1].id
+    assert len([partial for partial in partials if partial]) > 2
+    assert final.usage.output_tokens == len([partial for partial in partials if partial])
+
+
+def test_anthropic_tool_result_round_trip(anthropic_client):
+    messages = [{"role": "user", "content": "Weather in Paris? [sim:tool]"}]
+    first = anthropic_client.messages.create(
+        model="claude-3-haiku-20240307", max_tokens=200, messages=messages, tools=ANTHROPIC_TOOLS
+    )
+    [call] = first.content
+    assert call.type == "tool_use"
+    blocks = [block.model_dump(exclude_none=True) for block in first.content]
+    messages.append({"role": "assistant", "content": blocks})
+    messages.append(
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "21 degrees"}],
+        }
+    )
+    second = anthropic_client.messages.create(
+        model="claude-3-haiku-20240307", max_tokens=200, messages=messages, tools=ANTHROPIC_TOOLS
+    )
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text == "The tool returned: 21 degrees"
+    # AND a result answering no call is refused as Anthropic refuses it
+    messages[-1]["content"][0]["tool_use_id"] = "toolu_unknown"
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        anthropic_client.messages.create(
+            model="claude-3-haiku-20240307",
+            max_tokens=200,
+            messages=messages,
+            tools=ANTHROPIC_TOOLS,
+        )
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_anthropic_parse_fills_the_output_format(anthropic_client):
+    message = anthropic_client.messages.parse(
+        model="claude-3-haiku-20240307",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Weather in Paris"}],
+        output_format=Weather,
+    )
+    assert message.parsed_output == Weather(**WEATHER_ARGUMENTS)
+
+
+def test_anthropic_image_counts_input_tokens(anthropic_client):
+    text = {"type": "text", "text": "What is in this image?"}
+
+    def image(media_type):
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": PNG_BASE64},
+        }
+
+    def input_tokens(content):
+        return anthropic_client.messages.create(
+            model="claude-3-haiku-20240307",
+            max_tokens=10,
+            messages=[{"role": "user", "content": content}],
+        ).usage.input_tokens
+
+    assert input_tokens([image("image/png"), text]) == input_tokens([text]) + ANTHROPIC_IMAGE_TOKENS
+    with pytest.raises(anthropic.BadRequestError):
+        input_tokens([image("image/tiff"), text])
+
+
+# ------------------------------------------------------------------------------ Gemini tools
+
+GEMINI_TOOL = types.Tool(
+    function_declarations=[
+        types.FunctionDeclaration(
+            name="get_weather",
+            description="Weather in a city",
+            parameters_json_schema=WEATHER_SCHEMA,
+        ),
+        types.FunctionDeclaration(
+            name="get_time",
+            parameters=types.Schema(
+                type="OBJECT", properties={"zone": types.Schema(type="STRING")}, required=["zone"]
+            ),
+        ),
+    ]
+)
+
+
+def _gemini_config(mode=None):
+    tool_config = None
+    if mode:
+        calling = types.FunctionCallingConfig(mode=mode)
+        tool_config = types.ToolConfig(function_calling_config=calling)
+    return types.GenerateContentConfig(tools=[GEMINI_TOOL], tool_config=tool_config)
+
+
+def test_gemini_forced_function_call_parses(genai_client):
+    response = genai_client.models.generate_content(
+        model="gemini-2.5-flash", contents="Weather in Paris?", config=_gemini_config("ANY")
+    )
+    [call] = response.function_calls
+    assert call.name == "get_weather"
+    assert call.args == WEATHER_ARGUMENTS
+    assert call.id
+    part = response.candidates[0].content.parts[0]
+    assert isinstance(part.thought_signature, bytes) and part.thought_signature
+    assert response.candidates[0].finish_reason == types.FinishReason.STOP
+    assert response.usage_metadata.candidates_token_count == _tokens(json.dumps(call.args))
+
+
+def test_gemini_streamed_function_calls_parse(genai_client):
+    chunks = list(
+        genai_client.models.generate_content_stream(
+            model="gemini-2.5-flash",
+            contents="Weather and time [sim:tools=2]",
+            config=_gemini_config(),
+        )
+    )
+    # Each call arrives whole in its own chunk; only the first is signed, as Gemini signs
+    # parallel calls.
+    assert len(chunks) == 2
+    calls = [call for chunk in chunks for call in chunk.function_calls]
+    assert [call.name for call in calls] == ["get_weather", "get_time"]
+    assert calls[0].args == WEATHER_ARGUMENTS
+    assert chunks[0].candidates[0].content.parts[0].thought_signature
+    assert chunks[1].candidates[0].content.parts[0].thought_signature is None
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+
+
+def test_gemini_thought_signature_round_trip(genai_client):
+    # GIVEN a function call made in answer to a prompt that asked for one
+    question = types.Content(role="user", parts=[types.Part.from_text(text="Weather? [sim:tool]")])
+    first = genai_client.models.generate_content(
+        model="gemini-2.5-flash", contents=[question], config=_gemini_config()
+    )
+    model_turn = first.candidates[0].content
+    [call] = first.function_calls
+    answer = types.Content(
+        role="user",
+        parts=[types.Part.from_function_response(name=call.name, response={"forecast": "sunny"})],
+    )
+    # WHEN the model's content goes back as it came, with the function's response
+    second = genai_client.models.generate_content(
+        model="gemini-2.5-flash", contents=[question, model_turn, answer], config=_gemini_config()
+    )
+    # THEN the answer is text quoting the response
+    assert second.text == 'The tool returned: {"forecast": "sunny"}'
+    # AND without its thought signature the call is refused as Gemini refuses it
+    unsigned = model_turn.model_copy(deep=True)
+    unsigned.parts[0].thought_signature = None
+    with pytest.raises(genai_errors.ClientError) as caught:
+        genai_client.models.generate_content(
+            model="gemini-2.5-flash", contents=[question, unsigned, answer], config=_gemini_config()
+        )
+    assert caught.value.code == 400
+    assert "missing a thought_signature" in caught.value.message
+    # AND an altered signature too
+    altered = model_turn.model_copy(deep=True)
+    altered.parts[0].thought_signature = b"not the signature"
+    with pytest.raises(genai_errors.ClientError) as caught:
+        genai_client.models.generate_content(
+            model="gemini-2.5-flash", contents=[question, altered, answer], config=_gemini_config()
+        )
+    assert caught.value.message == "Corrupted thought signature."
+
+
+def test_gemini_parsed_json_follows_the_schema(genai_client):
+    response = genai_client.models.generate_content(
+        model="gemini-2.5-flash",
+        contents="Weather in Paris",
+        config=types.GenerateContentConfig(
+            response_mime_type="application/json", response_schema=Weather
+        ),
+    )
+    assert response.parsed == Weather(**WEATHER_ARGUMENTS)
+
+
+def test_gemini_image_counts_input_tokens(genai_client):
+    image = types.Part.from_bytes(data=base64.b64decode(PNG_BASE64), mime_type="image/png")
+
+    def usage(contents):
+        return genai_client.models.generate_content(
+            model="gemini-2.5-flash", contents=contents
+        ).usage_metadata
+
+    alone = usage(["What is in this image?"])
+    with_image = usage([image, "What is in this image?"])
+    assert with_image.prompt_token_count == alone.prompt_token_count + GEMINI_IMAGE_TOKENS
+    image_tokens = [
+        detail.token_count
+        for detail in with_image.prompt_tokens_details
+        if detail.modality == types.MediaModality.IMAGE
+    ]
+    assert image_tokens == [GEMINI_IMAGE_TOKENS]
+    bitmap = types.Part.from_bytes(data=base64.b64decode(PNG_BASE64), mime_type="image/bmp")
+    with pytest.raises(genai_errors.ClientError) as caught:
+        usage([bitmap, "What is in this image?"])
+    assert caught.value.code == 400

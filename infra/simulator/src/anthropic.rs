@@ -13,55 +13,16 @@ use axum::{
     Json,
 };
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{
-    script::{Finish, Outcome, Script, Turn},
+    script::{Finish, Outcome, Script},
     sse::{self, Playback},
-    AppState, Provider,
+    tools, AppState,
 };
 
-#[derive(Debug, Deserialize)]
-struct MessagesRequest {
-    model: Option<String>,
-    messages: Option<Vec<InputMessage>>,
-    system: Option<Content>,
-    max_tokens: Option<u32>,
-    stream: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InputMessage {
-    role: String,
-    content: Content,
-}
-
-/// Message content and the system prompt are each a string or a list of blocks.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Blocks(Vec<InputBlock>),
-}
-
-#[derive(Debug, Deserialize)]
-struct InputBlock {
-    /// Only text blocks carry text; images, tool use and the like count for nothing here.
-    text: Option<String>,
-}
-
-impl Content {
-    fn text(&self) -> String {
-        match self {
-            Self::Text(text) => text.clone(),
-            Self::Blocks(blocks) => blocks
-                .iter()
-                .filter_map(|block| block.text.as_deref())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-}
+mod request;
 
 #[derive(Debug, Serialize)]
 struct Message<'a> {
@@ -70,17 +31,23 @@ struct Message<'a> {
     kind: &'static str,
     role: &'static str,
     model: &'a str,
-    content: Vec<TextBlock<'a>>,
+    content: Vec<ContentBlock<'a>>,
     stop_reason: Option<&'static str>,
     stop_sequence: Option<String>,
     usage: Usage,
 }
 
 #[derive(Debug, Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentBlock<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a Value,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -99,16 +66,16 @@ enum StreamEvent<'a> {
         message: Message<'a>,
     },
     ContentBlockStart {
-        index: u32,
-        content_block: TextBlock<'a>,
+        index: usize,
+        content_block: ContentBlock<'a>,
     },
     Ping,
     ContentBlockDelta {
-        index: u32,
-        delta: TextDelta<'a>,
+        index: usize,
+        delta: BlockDelta<'a>,
     },
     ContentBlockStop {
-        index: u32,
+        index: usize,
     },
     MessageDelta {
         delta: MessageDeltaBody,
@@ -140,11 +107,12 @@ impl StreamEvent<'_> {
     }
 }
 
+/// A piece of a streamed block: text, or a fragment of a tool call's JSON input.
 #[derive(Debug, Serialize)]
-struct TextDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
 }
 
 #[derive(Debug, Serialize)]
@@ -162,7 +130,15 @@ fn stop_reason(finish: Finish) -> &'static str {
     match finish {
         Finish::Stop => "end_turn",
         Finish::Length => "max_tokens",
+        Finish::ToolUse => "tool_use",
     }
+}
+
+/// Ids of the answer's tool calls: `toolu_01` and 22 letters and digits, like Anthropic's.
+fn call_ids(script: &Script) -> Vec<String> {
+    (0..script.calls.len())
+        .map(|index| tools::call_id("toolu_01", script.key, index, 22))
+        .collect()
 }
 
 /// `POST /v1/messages`.
@@ -172,78 +148,26 @@ pub(crate) async fn messages(
     extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let header_set = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| !value.trim().is_empty())
-    };
-    // Recent SDKs (anthropic-python 2.x) send the key as a bearer token instead of x-api-key;
-    // the API takes either.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| !token.trim().is_empty());
-    if !header_set("x-api-key") && !bearer {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "x-api-key header is required",
-        )
-        .into_response();
-    }
-    if !header_set("anthropic-version") {
-        return ApiError::invalid("anthropic-version: header is required").into_response();
+    if let Err(error) = check_headers(&headers) {
+        return error.into_response();
     }
     let request = match parse(body) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    let Some(model) = request.model.as_deref().filter(|model| !model.is_empty()) else {
-        return ApiError::invalid("model: Field required").into_response();
+    let reading = match request::read(&request) {
+        Ok(reading) => reading,
+        Err(error) => return error.into_response(),
     };
-    let Some(messages) = request.messages.as_deref() else {
-        return ApiError::invalid("messages: Field required").into_response();
-    };
-    if messages.is_empty() {
-        return ApiError::invalid("messages: at least one message is required").into_response();
-    }
-    let Some(max_tokens) = request.max_tokens else {
-        return ApiError::invalid("max_tokens: Field required").into_response();
-    };
-    if max_tokens == 0 {
-        return ApiError::invalid("max_tokens: Input should be greater than or equal to 1")
-            .into_response();
-    }
-    let stream = request.stream.unwrap_or(false);
-
-    let system = request.system.as_ref().map(Content::text);
-    let texts: Vec<String> = messages
-        .iter()
-        .map(|message| message.content.text())
-        .collect();
-    let prompt = messages
-        .iter()
-        .zip(&texts)
-        .rev()
-        .find(|(message, _)| message.role == "user")
-        .map(|(_, text)| text.as_str())
-        .unwrap_or_default();
-    let turn = Turn {
-        provider: Provider::Anthropic,
-        model,
-        prompt,
-        inputs: system.iter().chain(&texts).map(String::as_str).collect(),
-        max_tokens: Some(max_tokens),
-    };
-    let script = Script::new(&state.config, &turn);
+    let (model, stream) = (reading.model, reading.stream);
+    let script = Script::new(&state.config, &reading.turn());
     tracing::info!(
         provider = "anthropic",
         model,
         stream,
         input_tokens = script.input_tokens,
         output_tokens = script.output_tokens(),
+        tool_calls = script.calls.len(),
         "message"
     );
 
@@ -256,8 +180,8 @@ pub(crate) async fn messages(
         Outcome::Answer => {}
     }
 
-    let id = format!("msg_sim{}", state.next_id(prompt));
-    let request_id = format!("req_sim{}", state.next_id(prompt));
+    let id = format!("msg_sim{}", state.next_id(reading.prompt()));
+    let request_id = format!("req_sim{}", state.next_id(reading.prompt()));
     if stream {
         let mut response = playback(&script, &id, model).into_body().into_response();
         set_headers(
@@ -268,15 +192,18 @@ pub(crate) async fn messages(
         return response;
     }
     let text = script.text();
+    let ids = call_ids(&script);
+    let content = if script.calls.is_empty() {
+        vec![ContentBlock::Text { text: &text }]
+    } else {
+        tool_blocks(&script, &ids).collect()
+    };
     let message = Message {
         id: &id,
         kind: "message",
         role: "assistant",
         model,
-        content: vec![TextBlock {
-            kind: "text",
-            text: &text,
-        }],
+        content,
         stop_reason: Some(stop_reason(script.finish)),
         stop_sequence: None,
         usage: Usage {
@@ -291,7 +218,50 @@ pub(crate) async fn messages(
     response
 }
 
-/// The stream: message_start, content_block_start, ping, one content_block_delta per token,
+/// Anthropic takes the key as `x-api-key` or, as recent SDKs (anthropic-python 2.x) send it, as
+/// a bearer token; `anthropic-version` is required.
+fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    let header_set = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| !value.trim().is_empty())
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| !token.trim().is_empty());
+    if !header_set("x-api-key") && !bearer {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "x-api-key header is required",
+        ));
+    }
+    if !header_set("anthropic-version") {
+        return Err(ApiError::invalid("anthropic-version: header is required"));
+    }
+    Ok(())
+}
+
+/// The answer's `tool_use` blocks.
+fn tool_blocks<'a>(
+    script: &'a Script,
+    ids: &'a [String],
+) -> impl Iterator<Item = ContentBlock<'a>> {
+    script
+        .calls
+        .iter()
+        .zip(ids)
+        .map(|(call, id)| ContentBlock::ToolUse {
+            id,
+            name: &call.name,
+            input: &call.arguments,
+        })
+}
+
+/// The stream: message_start, the first content_block_start, ping, the deltas,
 /// content_block_stop, message_delta (stop reason and final usage), message_stop.
 fn playback(script: &Script, id: &str, model: &str) -> Playback {
     let start = StreamEvent::MessageStart {
@@ -312,34 +282,17 @@ fn playback(script: &Script, id: &str, model: &str) -> Playback {
             },
         },
     };
-    let head = vec![
-        start.frame(),
-        StreamEvent::ContentBlockStart {
-            index: 0,
-            content_block: TextBlock {
-                kind: "text",
-                text: "",
-            },
+    let (mut head, tokens, blocks) = if script.calls.is_empty() {
+        text_frames(script)
+    } else {
+        tool_frames(script, &call_ids(script))
+    };
+    head.insert(0, start.frame());
+    let tail = vec![
+        StreamEvent::ContentBlockStop {
+            index: blocks.saturating_sub(1),
         }
         .frame(),
-        StreamEvent::Ping.frame(),
-    ];
-    let tokens = script
-        .tokens
-        .iter()
-        .map(|token| {
-            StreamEvent::ContentBlockDelta {
-                index: 0,
-                delta: TextDelta {
-                    kind: "text_delta",
-                    text: token,
-                },
-            }
-            .frame()
-        })
-        .collect();
-    let tail = vec![
-        StreamEvent::ContentBlockStop { index: 0 }.frame(),
         StreamEvent::MessageDelta {
             delta: MessageDeltaBody {
                 stop_reason: stop_reason(script.finish),
@@ -370,6 +323,74 @@ fn playback(script: &Script, id: &str, model: &str) -> Playback {
     }
 }
 
+/// A text answer: one text block, one text_delta per token. Returns the opening frames (after
+/// message_start), the token frames and the number of blocks.
+fn text_frames(script: &Script) -> (Vec<Bytes>, Vec<Bytes>, usize) {
+    let head = vec![
+        StreamEvent::ContentBlockStart {
+            index: 0,
+            content_block: ContentBlock::Text { text: "" },
+        }
+        .frame(),
+        StreamEvent::Ping.frame(),
+    ];
+    let tokens = script
+        .tokens
+        .iter()
+        .map(|token| {
+            StreamEvent::ContentBlockDelta {
+                index: 0,
+                delta: BlockDelta::TextDelta { text: token },
+            }
+            .frame()
+        })
+        .collect();
+    (head, tokens, 1)
+}
+
+/// Tool calls: one tool_use block each, opened with an empty input and an empty
+/// input_json_delta (as Anthropic sends them), then one input_json_delta per fragment of its
+/// JSON. A later block's stop-and-start events go out with its first fragment, so a cut after N
+/// tokens still means after N fragments.
+fn tool_frames(script: &Script, ids: &[String]) -> (Vec<Bytes>, Vec<Bytes>, usize) {
+    let empty = Value::Object(serde_json::Map::new());
+    let delta = |index: usize, partial_json: &str| {
+        StreamEvent::ContentBlockDelta {
+            index,
+            delta: BlockDelta::InputJsonDelta { partial_json },
+        }
+        .frame()
+    };
+    let mut head = Vec::new();
+    let mut tokens = Vec::new();
+    for (index, (call, id)) in script.calls.iter().zip(ids).enumerate() {
+        let start = StreamEvent::ContentBlockStart {
+            index,
+            content_block: ContentBlock::ToolUse {
+                id,
+                name: &call.name,
+                input: &empty,
+            },
+        }
+        .frame();
+        let mut opening = if index == 0 {
+            head.extend([start, StreamEvent::Ping.frame(), delta(0, "")]);
+            None
+        } else {
+            let stop = StreamEvent::ContentBlockStop { index: index - 1 }.frame();
+            Some([stop, start, delta(index, "")].concat())
+        };
+        for fragment in &call.fragments {
+            let frame = delta(index, fragment);
+            tokens.push(match opening.take() {
+                Some(opening) => Bytes::from([opening, frame.to_vec()].concat()),
+                None => frame,
+            });
+        }
+    }
+    (head, tokens, script.calls.len())
+}
+
 fn set_headers(response: &mut Response, content_type: &'static str, request_id: &str) {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -381,7 +402,7 @@ fn set_headers(response: &mut Response, content_type: &'static str, request_id: 
     }
 }
 
-fn parse(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, ApiError> {
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<request::MessagesRequest, ApiError> {
     let body = body.map_err(|rejection| {
         let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "request_too_large"

@@ -18,63 +18,20 @@ use axum::{
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{
-    script::{Finish, Outcome, Script, Turn},
+    script::{Finish, Outcome, Script},
     sse::{self, Playback},
-    AppState, Provider,
+    tools, AppState,
 };
+
+mod request;
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ModelsQuery {
     alt: Option<String>,
     key: Option<String>,
-}
-
-/// Google's JSON mapping accepts both the camelCase and the proto (snake_case) field names.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GenerateContentRequest {
-    contents: Option<Vec<Content>>,
-    #[serde(alias = "system_instruction")]
-    system_instruction: Option<Content>,
-    #[serde(alias = "generation_config")]
-    generation_config: Option<GenerationConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Content {
-    /// "user" or "model"; absent means user.
-    role: Option<String>,
-    #[serde(default)]
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Part {
-    /// Inline data, files and function calls have no text; they count for nothing here.
-    text: Option<String>,
-}
-
-impl Content {
-    fn text(&self) -> String {
-        self.parts
-            .iter()
-            .filter_map(|part| part.text.as_deref())
-            .collect::<Vec<_>>()
-            .join("")
-    }
-
-    fn is_user(&self) -> bool {
-        self.role.as_deref().is_none_or(|role| role == "user")
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GenerationConfig {
-    #[serde(alias = "max_output_tokens")]
-    max_output_tokens: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,13 +54,37 @@ struct Candidate<'a> {
 
 #[derive(Debug, Serialize)]
 struct CandidateContent<'a> {
-    parts: [TextPart<'a>; 1],
+    parts: Vec<ResponsePart<'a>>,
     role: &'static str,
 }
 
+/// A text part or a function call part; the signature sits beside the call, not inside it.
 #[derive(Debug, Serialize)]
-struct TextPart<'a> {
-    text: &'a str,
+#[serde(rename_all = "camelCase")]
+struct ResponsePart<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thought_signature: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionCall<'a> {
+    id: &'a str,
+    name: &'a str,
+    args: &'a Value,
+}
+
+impl<'a> ResponsePart<'a> {
+    fn text(text: &'a str) -> Self {
+        Self {
+            text: Some(text),
+            function_call: None,
+            thought_signature: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -112,7 +93,7 @@ struct UsageMetadata {
     prompt_token_count: u32,
     candidates_token_count: u32,
     total_token_count: u32,
-    prompt_tokens_details: [ModalityTokenCount; 1],
+    prompt_tokens_details: Vec<ModalityTokenCount>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,15 +104,25 @@ struct ModalityTokenCount {
 }
 
 impl UsageMetadata {
-    fn new(prompt: u32, candidates: u32) -> Self {
+    /// Usage with `candidates` output tokens so far; the prompt is split by modality as Gemini
+    /// reports it.
+    fn new(script: &Script, candidates: u32) -> Self {
+        let prompt = script.input_tokens;
+        let mut details = vec![ModalityTokenCount {
+            modality: "TEXT",
+            token_count: prompt.saturating_sub(script.image_tokens),
+        }];
+        if script.image_tokens > 0 {
+            details.push(ModalityTokenCount {
+                modality: "IMAGE",
+                token_count: script.image_tokens,
+            });
+        }
         Self {
             prompt_token_count: prompt,
             candidates_token_count: candidates,
             total_token_count: prompt.saturating_add(candidates),
-            prompt_tokens_details: [ModalityTokenCount {
-                modality: "TEXT",
-                token_count: prompt,
-            }],
+            prompt_tokens_details: details,
         }
     }
 }
@@ -140,7 +131,37 @@ fn finish_reason(finish: Finish) -> &'static str {
     match finish {
         Finish::Stop => "STOP",
         Finish::Length => "MAX_TOKENS",
+        // Gemini has no finish reason of its own for function calls.
+        Finish::ToolUse => "STOP",
     }
+}
+
+/// Ids of the answer's function calls: 8 lower-case letters and digits.
+fn call_ids(script: &Script) -> Vec<String> {
+    (0..script.calls.len())
+        .map(|index| tools::call_id("", script.key, index, 8).to_ascii_lowercase())
+        .collect()
+}
+
+/// The answer's function call parts; only the first carries a thought signature, as Gemini
+/// signs parallel calls.
+fn call_parts<'a>(script: &'a Script, ids: &'a [String]) -> Vec<ResponsePart<'a>> {
+    script
+        .calls
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(index, (call, id))| ResponsePart {
+            text: None,
+            function_call: Some(FunctionCall {
+                id,
+                name: &call.name,
+                args: &call.arguments,
+            }),
+            thought_signature: (index == 0)
+                .then(|| request::signature(&call.name, Some(&call.arguments))),
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,33 +181,11 @@ pub(crate) async fn models(
 ) -> Response {
     // A query we cannot read is treated as empty: the key check below then answers.
     let query = query.map(|Query(query)| query).unwrap_or_default();
-    let Some((model, action)) = model_action.rsplit_once(':') else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("models/{model_action} is not found, or is not supported for this method."),
-        )
-        .into_response();
+    let (model, action) = match route(&model_action, &query) {
+        Ok(route) => route,
+        Err(error) => return error.into_response(),
     };
-    let action = match action {
-        "generateContent" => Action::Generate,
-        "streamGenerateContent" => Action::Stream {
-            sse: query.alt.as_deref() == Some("sse"),
-        },
-        other => {
-            return ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("Method {other} is not found for models/{model}."),
-            )
-            .into_response()
-        }
-    };
-    let header_key = headers
-        .get("x-goog-api-key")
-        .and_then(|value| value.to_str().ok());
-    let has_key = header_key
-        .or(query.key.as_deref())
-        .is_some_and(|key| !key.trim().is_empty());
-    if !has_key {
+    if !has_key(&headers, &query) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
@@ -197,35 +196,11 @@ pub(crate) async fn models(
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    let Some(contents) = request.contents.as_deref().filter(|c| !c.is_empty()) else {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "* GenerateContentRequest.contents: contents is not specified\n",
-        )
-        .into_response();
+    let reading = match request::read(&request) {
+        Ok(reading) => reading,
+        Err(error) => return error.into_response(),
     };
-
-    let system = request.system_instruction.as_ref().map(Content::text);
-    let texts: Vec<String> = contents.iter().map(Content::text).collect();
-    let prompt = contents
-        .iter()
-        .zip(&texts)
-        .rev()
-        .find(|(content, _)| content.is_user())
-        .map(|(_, text)| text.as_str())
-        .unwrap_or_default();
-    let turn = Turn {
-        provider: Provider::Gemini,
-        model,
-        prompt,
-        inputs: system.iter().chain(&texts).map(String::as_str).collect(),
-        // Zero is what an unset proto field reads as: no limit.
-        max_tokens: request
-            .generation_config
-            .and_then(|config| config.max_output_tokens)
-            .filter(|&limit| limit > 0),
-    };
-    let script = Script::new(&state.config, &turn);
+    let script = Script::new(&state.config, &reading.turn(model));
     let stream = action != Action::Generate;
     tracing::info!(
         provider = "gemini",
@@ -233,6 +208,7 @@ pub(crate) async fn models(
         stream,
         input_tokens = script.input_tokens,
         output_tokens = script.output_tokens(),
+        tool_calls = script.calls.len(),
         "generate content"
     );
 
@@ -245,38 +221,70 @@ pub(crate) async fn models(
         Outcome::Answer => {}
     }
 
-    let response_id = format!("sim{}", state.next_id(prompt));
-    match action {
+    let response_id = format!("sim{}", state.next_id(reading.prompt()));
+    let ids = call_ids(&script);
+    let (body, content_type) = match action {
         Action::Generate => {
             let text = script.text();
-            let response = chunk(
-                &text,
-                Some(script.finish),
-                UsageMetadata::new(script.input_tokens, script.output_tokens()),
-                model,
-                &response_id,
-            );
-            let mut response = Json(response).into_response();
-            set_content_type(&mut response, "application/json; charset=UTF-8");
-            response
+            let parts = if script.calls.is_empty() {
+                vec![ResponsePart::text(&text)]
+            } else {
+                call_parts(&script, &ids)
+            };
+            let usage = UsageMetadata::new(&script, script.output_tokens());
+            let response = chunk(parts, Some(script.finish), usage, model, &response_id);
+            let body = axum::body::Body::from(sse::to_json(&response));
+            (body, "application/json; charset=UTF-8")
         }
         Action::Stream { sse } => {
-            let mut response = playback(&script, model, &response_id, sse)
-                .into_body()
-                .into_response();
+            let body = playback(&script, &ids, model, &response_id, sse).into_body();
             let content_type = if sse {
                 "text/event-stream"
             } else {
                 "application/json; charset=UTF-8"
             };
-            set_content_type(&mut response, content_type);
-            response
+            (body, content_type)
         }
-    }
+    };
+    let mut response = body.into_response();
+    set_content_type(&mut response, content_type);
+    response
+}
+
+/// Splits `models/{model}:{action}`; the router cannot split a path segment on ':'.
+fn route<'a>(model_action: &'a str, query: &ModelsQuery) -> Result<(&'a str, Action), ApiError> {
+    let Some((model, action)) = model_action.rsplit_once(':') else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("models/{model_action} is not found, or is not supported for this method."),
+        ));
+    };
+    let action = match action {
+        "generateContent" => Action::Generate,
+        "streamGenerateContent" => Action::Stream {
+            sse: query.alt.as_deref() == Some("sse"),
+        },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Method {other} is not found for models/{model}."),
+            ))
+        }
+    };
+    Ok((model, action))
+}
+
+/// The key comes in `x-goog-api-key` or the `key` query parameter.
+fn has_key(headers: &HeaderMap, query: &ModelsQuery) -> bool {
+    headers
+        .get("x-goog-api-key")
+        .and_then(|value| value.to_str().ok())
+        .or(query.key.as_deref())
+        .is_some_and(|key| !key.trim().is_empty())
 }
 
 fn chunk<'a>(
-    text: &'a str,
+    parts: Vec<ResponsePart<'a>>,
     finish: Option<Finish>,
     usage: UsageMetadata,
     model: &'a str,
@@ -285,7 +293,7 @@ fn chunk<'a>(
     GenerateContentResponse {
         candidates: [Candidate {
             content: CandidateContent {
-                parts: [TextPart { text }],
+                parts,
                 role: "model",
             },
             finish_reason: finish.map(finish_reason),
@@ -297,37 +305,17 @@ fn chunk<'a>(
     }
 }
 
-/// The stream: one response object per token, each with the usage so far; the last one
-/// carries the finish reason. With `alt=sse` each is an SSE event, otherwise an element of one
-/// JSON array written piece by piece.
-fn playback(script: &Script, model: &str, response_id: &str, sse: bool) -> Playback {
-    let count = script.tokens.len();
-    let objects: Vec<GenerateContentResponse<'_>> = if count == 0 {
-        vec![chunk(
-            "",
-            Some(script.finish),
-            UsageMetadata::new(script.input_tokens, 0),
-            model,
-            response_id,
-        )]
-    } else {
-        script
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(index, token)| {
-                let emitted = u32::try_from(index + 1).unwrap_or(u32::MAX);
-                let finish = (index + 1 == count).then_some(script.finish);
-                chunk(
-                    token,
-                    finish,
-                    UsageMetadata::new(script.input_tokens, emitted),
-                    model,
-                    response_id,
-                )
-            })
-            .collect()
-    };
+/// The stream: one response object per token (per function call, whole, when the answer is
+/// calls), each with the usage so far; the last one carries the finish reason. With `alt=sse`
+/// each is an SSE event, otherwise an element of one JSON array written piece by piece.
+fn playback(
+    script: &Script,
+    ids: &[String],
+    model: &str,
+    response_id: &str,
+    sse: bool,
+) -> Playback {
+    let objects = stream_objects(script, ids, model, response_id);
     // In-stream failures arrive as a status object in place of the next response.
     let error = ApiError::simulated(503).body();
     let (tokens, tail, error) = if sse {
@@ -362,13 +350,51 @@ fn playback(script: &Script, model: &str, response_id: &str, sse: bool) -> Playb
     }
 }
 
+fn stream_objects<'a>(
+    script: &'a Script,
+    ids: &'a [String],
+    model: &'a str,
+    response_id: &'a str,
+) -> Vec<GenerateContentResponse<'a>> {
+    let pieces: Vec<(ResponsePart<'a>, usize)> = if script.calls.is_empty() {
+        script
+            .tokens
+            .iter()
+            .map(|token| (ResponsePart::text(token), 1))
+            .collect()
+    } else {
+        call_parts(script, ids)
+            .into_iter()
+            .zip(&script.calls)
+            .map(|(part, call)| (part, call.fragments.len()))
+            .collect()
+    };
+    if pieces.is_empty() {
+        let usage = UsageMetadata::new(script, 0);
+        let parts = vec![ResponsePart::text("")];
+        return vec![chunk(parts, Some(script.finish), usage, model, response_id)];
+    }
+    let count = pieces.len();
+    let mut emitted = 0usize;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(index, (part, tokens))| {
+            emitted += tokens;
+            let usage = UsageMetadata::new(script, u32::try_from(emitted).unwrap_or(u32::MAX));
+            let finish = (index + 1 == count).then_some(script.finish);
+            chunk(vec![part], finish, usage, model, response_id)
+        })
+        .collect()
+}
+
 fn set_content_type(response: &mut Response, content_type: &'static str) {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
 }
 
-fn parse(body: Result<Bytes, BytesRejection>) -> Result<GenerateContentRequest, ApiError> {
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<request::GenerateContentRequest, ApiError> {
     let body =
         body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     serde_json::from_slice(&body).map_err(|error| {

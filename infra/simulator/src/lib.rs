@@ -19,9 +19,57 @@
 //! | `[sim:echo]` | answer with the prompt itself, directives removed |
 //! | `[sim:flaky=N]`, `[sim:flaky=N:STATUS]` | fail the first N attempts of the same request with 503 (or STATUS) |
 //! | `[sim:retry_after=S]` | error answers carry `Retry-After: S` |
+//! | `[sim:tool]` | under `auto` tool choice, call the first tool offered |
+//! | `[sim:tool=NAME]` | under `auto`, call tool NAME (text answer when it is not offered); under `required` / `any` / `ANY`, prefer it |
+//! | `[sim:tools=N]` | make N calls (1–64) in one answer, cycling through the tools offered; under `auto` it also asks for them. One call when parallel calls are off |
 //!
 //! A directive suffixed `@openai`, `@anthropic` or `@gemini` (`[sim:status=503@openai]`) applies
 //! only to requests arriving in that provider's protocol.
+//!
+//! ## Tools, JSON output and images
+//!
+//! Each protocol's own fields are read and answered in its own wire format, streaming included:
+//!
+//! - **Tool calls.** A forced choice (OpenAI `required` or a named function, Anthropic `any` or
+//!   `tool`, Gemini `ANY`, honouring `allowedFunctionNames` / `allowed_tools`) always calls the
+//!   named tool or the first one allowed; `auto` calls only on a `[sim:tool…]` directive and
+//!   never right after a tool result; `none` / `NONE` never calls. Arguments hold every required
+//!   property with a value of its schema type (see `schema::example`). Ids are reproducible:
+//!   `call_` + 24 letters and digits (OpenAI), `toolu_01` + 22 (Anthropic), 8 lower-case letters
+//!   and digits on Gemini's `functionCall.id`. Output tokens are the tokens of the arguments'
+//!   JSON (written with a space after each `,` and `:`, so they split into words); streams send
+//!   one argument fragment per token (OpenAI `delta.tool_calls`, Anthropic `input_json_delta`),
+//!   except Gemini, which sends each call whole in its own chunk. `[sim:cut=N]` / `[sim:fail=N]`
+//!   count those frames. A request's `max_tokens` never cuts a call short.
+//! - **Tool results.** When the conversation ends with tool results (OpenAI `tool` messages,
+//!   Anthropic `tool_result` blocks, Gemini `functionResponse` parts) the answer is text quoting
+//!   each, one per line: `The tool returned: <content>` (`The tool failed: …` for Anthropic's
+//!   `is_error`; Gemini's `response` object as JSON). A forced choice still calls again, as the
+//!   real models do.
+//! - **Gemini thought signatures.** The first `functionCall` part of an answer carries a
+//!   `thoughtSignature`: base64 of `simsig1:` and a 16-byte hash of the call's name and
+//!   arguments. In the current turn (after the last user message with more than function
+//!   responses) the first `functionCall` part of each model step must carry the signature made
+//!   for it, or the documented `skip_thought_signature_validator`; a missing one is answered
+//!   400 "Function call is missing a thought_signature…", any signature that is not the one
+//!   for its step 400 "Corrupted thought signature.".
+//! - **JSON output.** OpenAI `response_format` `json_object` / `json_schema`, Anthropic
+//!   `output_config.format` (and the older `output_format`), Gemini `responseMimeType:
+//!   application/json` with `responseSchema` or `responseJsonSchema`: the answer text is a JSON
+//!   value of the schema, or `{"answer": "…"}` without one (after tool results, the answer
+//!   quotes them). OpenAI's `json_object` is refused unless a message mentions JSON, as OpenAI
+//!   refuses it.
+//! - **Images.** Inline (base64, PNG / JPEG / GIF / WebP) or by URL (OpenAI, Anthropic) or file
+//!   (Gemini `fileData`, Anthropic `file`). Each image adds a fixed number of input tokens: OpenAI
+//!   85 (`detail: "low"`) or 765 (otherwise), Anthropic 1600, Gemini 258. A media type the
+//!   provider does not take or base64 that does not decode is answered 400 as the provider words
+//!   it.
+//! - **Validation** as the real APIs do it, answered 400 in the provider's error shape: a tool
+//!   choice naming no offered tool, a tool result answering no call and a call left unanswered
+//!   (OpenAI, Anthropic), mismatched function call and response counts (Gemini).
+//!
+//! Tool definitions and an output schema are part of the prompt at the real providers, so they
+//! count as input tokens here too (their JSON text, like any other input).
 
 use std::{
     sync::{
@@ -43,9 +91,12 @@ use axum::{
 mod anthropic;
 mod connection;
 mod gemini;
+mod media;
 mod openai;
+mod schema;
 mod script;
 mod sse;
+mod tools;
 
 /// Global behaviour of the simulator; `[sim:…]` directives override it per request.
 #[derive(Clone, Debug, PartialEq, Eq)]

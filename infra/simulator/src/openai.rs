@@ -13,64 +13,19 @@ use axum::{
     Json,
 };
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
-    script::{Finish, Outcome, Script, Turn},
+    script::{Finish, Outcome, Script},
     sse::{self, Playback},
-    AppState, Provider,
+    tools::{self, Call},
+    AppState,
 };
+
+mod request;
 
 /// Real responses carry one; clients log it, nothing depends on its value.
 const SYSTEM_FINGERPRINT: &str = "fp_simulator";
-
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    model: Option<String>,
-    messages: Option<Vec<ChatMessage>>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatMessage {
-    role: String,
-    /// Absent or null on assistant messages that only call tools.
-    content: Option<MessageContent>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum MessageContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    /// Images and audio parts have no text; they count for nothing here.
-    text: Option<String>,
-}
-
-impl MessageContent {
-    fn text(&self) -> String {
-        match self {
-            Self::Text(text) => text.clone(),
-            Self::Parts(parts) => parts
-                .iter()
-                .filter_map(|part| part.text.as_deref())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
 
 #[derive(Debug, Serialize)]
 struct ChatCompletion<'a> {
@@ -78,26 +33,44 @@ struct ChatCompletion<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [Choice; 1],
+    choices: [Choice<'a>; 1],
     usage: Usage,
     service_tier: &'static str,
     system_fingerprint: &'static str,
 }
 
 #[derive(Debug, Serialize)]
-struct Choice {
+struct Choice<'a> {
     index: u32,
-    message: AssistantMessage,
+    message: AssistantMessage<'a>,
     logprobs: Option<()>,
     finish_reason: &'static str,
 }
 
 #[derive(Debug, Serialize)]
-struct AssistantMessage {
+struct AssistantMessage<'a> {
     role: &'static str,
-    content: String,
+    /// Null when the answer is tool calls.
+    content: Option<String>,
     refusal: Option<String>,
     annotations: [(); 0],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCall<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: Function<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Function<'a> {
+    name: &'a str,
+    /// The arguments as JSON text, as OpenAI sends them.
+    arguments: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -170,17 +143,47 @@ struct ChunkChoice<'a> {
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
+    /// Absent, or `""` / null on the opening chunk of a text / tool-call answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
+    content: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<Option<&'a str>>,
+}
+
+/// A piece of a streamed tool call: the opening one has the id, type and name with empty
+/// arguments; the following ones only `index` and a fragment of the arguments.
+#[derive(Debug, Serialize)]
+struct ToolCallDelta<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 fn finish_reason(finish: Finish) -> &'static str {
     match finish {
         Finish::Stop => "stop",
         Finish::Length => "length",
+        Finish::ToolUse => "tool_calls",
     }
+}
+
+/// Ids of the answer's tool calls: `call_` and 24 letters and digits, like OpenAI's.
+fn call_ids(script: &Script) -> Vec<String> {
+    (0..script.calls.len())
+        .map(|index| tools::call_id("call_", script.key, index, 24))
+        .collect()
 }
 
 /// `POST /v1/chat/completions`.
@@ -202,83 +205,20 @@ pub(crate) async fn chat_completions(
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    let Some(model) = request.model.as_deref().filter(|model| !model.is_empty()) else {
-        return ApiError::missing("model").into_response();
+    let reading = match request::read(&request) {
+        Ok(reading) => reading,
+        Err(error) => return error.into_response(),
     };
-    let Some(messages) = request.messages.as_deref() else {
-        return ApiError::missing("messages").into_response();
-    };
-    if messages.is_empty() {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
-            "invalid_request_error",
-        )
-        .param("messages")
-        .code("empty_array")
-        .into_response();
-    }
-    let stream = request.stream.unwrap_or(false);
-    if request.stream_options.is_some() && !stream {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            "invalid_request_error",
-        )
-        .param("stream_options")
-        .into_response();
-    }
-    let max_tokens = request.max_completion_tokens.or(request.max_tokens);
-    if max_tokens == Some(0) {
-        let param = if request.max_completion_tokens.is_some() {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Invalid '{param}': integer below minimum value. \
-                 Expected a value >= 1, but got 0 instead."
-            ),
-            "invalid_request_error",
-        )
-        .param(param)
-        .code("integer_below_min_value")
-        .into_response();
-    }
-
-    let texts: Vec<String> = messages
-        .iter()
-        .map(|message| {
-            message
-                .content
-                .as_ref()
-                .map(MessageContent::text)
-                .unwrap_or_default()
-        })
-        .collect();
-    let prompt = messages
-        .iter()
-        .zip(&texts)
-        .rev()
-        .find(|(message, _)| message.role == "user")
-        .map(|(_, text)| text.as_str())
-        .unwrap_or_default();
-    let turn = Turn {
-        provider: Provider::OpenAi,
-        model,
-        prompt,
-        inputs: texts.iter().map(String::as_str).collect(),
-        max_tokens,
-    };
-    let script = Script::new(&state.config, &turn);
+    let model = reading.model;
+    let stream = reading.stream;
+    let script = Script::new(&state.config, &reading.turn());
     tracing::info!(
         provider = "openai",
         model,
         stream,
         input_tokens = script.input_tokens,
         output_tokens = script.output_tokens(),
+        tool_calls = script.calls.len(),
         "chat completion"
     );
 
@@ -291,20 +231,44 @@ pub(crate) async fn chat_completions(
         Outcome::Answer => {}
     }
 
-    let id = format!("chatcmpl-sim{}", state.next_id(prompt));
+    let id = format!("chatcmpl-sim{}", state.next_id(reading.prompt()));
     let created = crate::unix_now();
     if stream {
-        let include_usage = request
-            .stream_options
-            .and_then(|options| options.include_usage)
-            .unwrap_or(false);
-        let playback = playback(&script, &id, created, model, include_usage);
+        let playback = playback(&script, &id, created, model, reading.include_usage);
         let mut response = playback.into_body().into_response();
         set_headers(&mut response, "text/event-stream; charset=utf-8", &id);
         return response;
     }
-    let completion = ChatCompletion {
-        id: &id,
+    let ids = call_ids(&script);
+    let completion = completion(&script, &ids, &id, created, model);
+    let mut response = Json(completion).into_response();
+    set_headers(&mut response, "application/json", &id);
+    response
+}
+
+/// The plain (non-streamed) answer.
+fn completion<'a>(
+    script: &'a Script,
+    ids: &'a [String],
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+) -> ChatCompletion<'a> {
+    let tool_calls = script
+        .calls
+        .iter()
+        .zip(ids)
+        .map(|(call, id)| ToolCall {
+            id,
+            kind: "function",
+            function: Function {
+                name: &call.name,
+                arguments: &call.json,
+            },
+        })
+        .collect();
+    ChatCompletion {
+        id,
         object: "chat.completion",
         created,
         model,
@@ -312,24 +276,23 @@ pub(crate) async fn chat_completions(
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: script.text(),
+                content: script.calls.is_empty().then(|| script.text()),
                 refusal: None,
                 annotations: [],
+                tool_calls,
             },
             logprobs: None,
             finish_reason: finish_reason(script.finish),
         }],
-        usage: Usage::of(&script),
+        usage: Usage::of(script),
         service_tier: "default",
         system_fingerprint: SYSTEM_FINGERPRINT,
-    };
-    let mut response = Json(completion).into_response();
-    set_headers(&mut response, "application/json", &id);
-    response
+    }
 }
 
-/// The stream: a role chunk, one chunk per token, a finish chunk, the usage chunk when asked
-/// for, then `[DONE]`.
+/// The stream: the opening chunk (the role, and the first tool call's id and name when the
+/// answer is tool calls), one chunk per token, a finish chunk, the usage chunk when asked for,
+/// then `[DONE]`.
 fn playback(script: &Script, id: &str, created: u64, model: &str, include_usage: bool) -> Playback {
     let chunk = |delta: Delta<'_>, finish_reason: Option<&'static str>| {
         sse::data(&ChatCompletionChunk {
@@ -348,27 +311,11 @@ fn playback(script: &Script, id: &str, created: u64, model: &str, include_usage:
             usage: include_usage.then_some(None),
         })
     };
-    let head = vec![chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-            refusal: Some(None),
-        },
-        None,
-    )];
-    let tokens = script
-        .tokens
-        .iter()
-        .map(|token| {
-            chunk(
-                Delta {
-                    content: Some(token),
-                    ..Delta::default()
-                },
-                None,
-            )
-        })
-        .collect();
+    let (head, tokens) = if script.calls.is_empty() {
+        text_frames(&chunk, script)
+    } else {
+        call_frames(&chunk, &script.calls, &call_ids(script))
+    };
     let mut tail = vec![chunk(Delta::default(), Some(finish_reason(script.finish)))];
     if include_usage {
         tail.push(sse::data(&ChatCompletionChunk {
@@ -405,6 +352,95 @@ fn playback(script: &Script, id: &str, created: u64, model: &str, include_usage:
     }
 }
 
+/// A text answer: the role chunk with empty content, then one chunk per token.
+fn text_frames(
+    chunk: &impl Fn(Delta<'_>, Option<&'static str>) -> Bytes,
+    script: &Script,
+) -> (Vec<Bytes>, Vec<Bytes>) {
+    let head = vec![chunk(
+        Delta {
+            role: Some("assistant"),
+            content: Some(Some("")),
+            refusal: Some(None),
+            ..Delta::default()
+        },
+        None,
+    )];
+    let tokens = script
+        .tokens
+        .iter()
+        .map(|token| {
+            chunk(
+                Delta {
+                    content: Some(Some(token)),
+                    ..Delta::default()
+                },
+                None,
+            )
+        })
+        .collect();
+    (head, tokens)
+}
+
+/// Tool calls, one after the other: each opens with a chunk naming it (the first one in the
+/// role chunk, with null content), then one chunk per fragment of its arguments. A later call's
+/// opening chunk goes out together with its first fragment so that a cut after N tokens still
+/// means after N argument fragments.
+fn call_frames(
+    chunk: &impl Fn(Delta<'_>, Option<&'static str>) -> Bytes,
+    calls: &[Call],
+    ids: &[String],
+) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut head = Vec::with_capacity(1);
+    let mut tokens = Vec::new();
+    for (index, (call, id)) in calls.iter().zip(ids).enumerate() {
+        let first = index == 0;
+        let opening = chunk(
+            Delta {
+                role: first.then_some("assistant"),
+                content: first.then_some(None),
+                tool_calls: Some([ToolCallDelta {
+                    index,
+                    id: Some(id),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(&call.name),
+                        arguments: "",
+                    },
+                }]),
+                refusal: first.then_some(None),
+            },
+            None,
+        );
+        let mut opening = Some(opening);
+        if first {
+            head.extend(opening.take());
+        }
+        for fragment in &call.fragments {
+            let frame = chunk(
+                Delta {
+                    tool_calls: Some([ToolCallDelta {
+                        index,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: fragment,
+                        },
+                    }]),
+                    ..Delta::default()
+                },
+                None,
+            );
+            tokens.push(match opening.take() {
+                Some(opening) => Bytes::from([opening, frame].concat()),
+                None => frame,
+            });
+        }
+    }
+    (head, tokens)
+}
+
 fn set_headers(response: &mut Response, content_type: &'static str, id: &str) {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -424,7 +460,7 @@ fn has_bearer_token(headers: &HeaderMap) -> bool {
         .is_some_and(|token| !token.trim().is_empty())
 }
 
-fn parse(body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, ApiError> {
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<request::ChatRequest, ApiError> {
     let body = body.map_err(|rejection| {
         ApiError::new(
             rejection.status(),
@@ -452,7 +488,7 @@ struct ErrorDetail {
     message: String,
     #[serde(rename = "type")]
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<String>,
     code: Option<&'static str>,
 }
 
@@ -478,8 +514,8 @@ impl ApiError {
         }
     }
 
-    fn param(mut self, param: &'static str) -> Self {
-        self.detail.param = Some(param);
+    fn param(mut self, param: impl Into<String>) -> Self {
+        self.detail.param = Some(param.into());
         self
     }
 
@@ -488,7 +524,8 @@ impl ApiError {
         self
     }
 
-    fn missing(param: &'static str) -> Self {
+    fn missing(param: impl Into<String>) -> Self {
+        let param = param.into();
         Self::new(
             StatusCode::BAD_REQUEST,
             format!("Missing required parameter: '{param}'."),

@@ -7,7 +7,13 @@
 
 use std::time::Duration;
 
-use crate::{Provider, SimulatorConfig};
+use serde_json::Value;
+
+use crate::{
+    schema,
+    tools::{self, Call, ToolResult, Toolbox},
+    Provider, SimulatorConfig,
+};
 
 /// The per-request knobs, read from the last user message.
 ///
@@ -35,6 +41,19 @@ pub struct Directives {
     pub flaky: Option<(u32, u16)>,
     /// `[sim:retry_after=S]`: error answers carry `Retry-After: S`.
     pub retry_after: Option<u64>,
+    /// `[sim:tool]` or `[sim:tool=NAME]`: under `auto` tool choice, call a tool.
+    pub tool: Option<ToolAsk>,
+    /// `[sim:tools=N]`: make N tool calls in one answer (under `auto`, also asks for them).
+    pub tool_calls: Option<usize>,
+}
+
+/// Which tool `[sim:tool]` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolAsk {
+    /// `[sim:tool]`: the first one offered.
+    First,
+    /// `[sim:tool=NAME]`: that one, when it is offered.
+    Named(String),
 }
 
 /// Splits `text` into its directives and the text with every recognised directive removed.
@@ -107,6 +126,14 @@ fn apply(directives: &mut Directives, body: &str) -> bool {
             _ => return false,
         },
         ("retry_after", Some(v)) => return set(&mut directives.retry_after, v),
+        ("tool", None) => directives.tool = Some(ToolAsk::First),
+        ("tool", Some(name)) if is_tool_name(name) => {
+            directives.tool = Some(ToolAsk::Named(name.to_owned()));
+        }
+        ("tools", Some(v)) => match v.parse::<usize>() {
+            Ok(count @ 1..=tools::MAX_CALLS) => directives.tool_calls = Some(count),
+            _ => return false,
+        },
         ("flaky", Some(v)) => {
             let (times, status) = v.split_once(':').unwrap_or((v, "503"));
             match (times.parse::<u32>(), status.parse::<u16>()) {
@@ -117,6 +144,15 @@ fn apply(directives: &mut Directives, body: &str) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Tool names as the providers allow them (Gemini also takes dots and colons).
+fn is_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
 fn set<T: std::str::FromStr>(slot: &mut Option<T>, value: &str) -> bool {
@@ -135,12 +171,52 @@ fn set<T: std::str::FromStr>(slot: &mut Option<T>, value: &str) -> bool {
 pub struct Turn<'a> {
     pub provider: Provider,
     pub model: &'a str,
-    /// Text of the last user message, directives included.
+    /// Text of the last user message, directives included. A message holding only tool results
+    /// does not count: directives stay those of the message that started the tool loop.
     pub prompt: &'a str,
-    /// Every piece of input text (system prompt, each message), one entry per message.
+    /// Every piece of input text (system prompt, each message, tool calls and results, the tool
+    /// definitions, the output schema), one entry per message or definition.
     pub inputs: Vec<&'a str>,
     /// The request's output limit (`max_tokens`, `maxOutputTokens`, …).
     pub max_tokens: Option<u32>,
+    pub tools: Toolbox<'a>,
+    /// The tool results the conversation ends with; empty when it ends otherwise.
+    pub results: Vec<ToolResult>,
+    pub output: Output<'a>,
+    /// Input tokens of the request's images (a fixed price per image and provider).
+    pub image_tokens: u32,
+}
+
+#[cfg(test)]
+impl<'a> Turn<'a> {
+    /// A plain text turn: no tools, no images, text output.
+    pub fn text(
+        provider: Provider,
+        model: &'a str,
+        prompt: &'a str,
+        inputs: Vec<&'a str>,
+        max_tokens: Option<u32>,
+    ) -> Self {
+        Self {
+            provider,
+            model,
+            prompt,
+            inputs,
+            max_tokens,
+            tools: Toolbox::default(),
+            results: Vec::new(),
+            output: Output::Text,
+            image_tokens: 0,
+        }
+    }
+}
+
+/// The form the request wants the answer in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Output<'a> {
+    Text,
+    /// A JSON value: of this schema's type, or without one a small object (`{"answer": …}`).
+    Json(Option<&'a Value>),
 }
 
 /// Why the answer ended, in provider-neutral terms.
@@ -150,6 +226,8 @@ pub enum Finish {
     Stop,
     /// The request's output limit cut the answer.
     Length,
+    /// The answer is tool calls, waiting for their results.
+    ToolUse,
 }
 
 /// How a request is to be answered.
@@ -181,10 +259,16 @@ pub struct Script {
     pub retry_after: Option<u64>,
     /// The request, for counting its attempts: its protocol, model and every input.
     pub key: u64,
-    /// The answer, one output token per entry; their concatenation is the answer text.
+    /// The answer, one output token per entry; their concatenation is the answer text. Empty
+    /// when the answer is tool calls.
     pub tokens: Vec<String>,
+    /// The tool calls the answer makes instead of text.
+    pub calls: Vec<Call>,
     pub finish: Finish,
+    /// Every input token, images included.
     pub input_tokens: u32,
+    /// The part of `input_tokens` that images account for.
+    pub image_tokens: u32,
 }
 
 impl Script {
@@ -194,20 +278,17 @@ impl Script {
         let tokens_per_second = directives
             .tokens_per_second
             .unwrap_or(config.tokens_per_second);
-        let mut tokens: Vec<String> = if directives.echo || config.echo {
-            split_tokens(&prompt)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
+        let calls = tools::plan(&turn.tools, &directives, !turn.results.is_empty());
+        let (mut tokens, mut finish) = if calls.is_empty() {
+            (
+                text_answer(config, turn, &directives, &prompt),
+                Finish::Stop,
+            )
         } else {
-            let target = directives
-                .tokens
-                .unwrap_or(config.answer_tokens)
-                .min(MAX_ANSWER_TOKENS);
-            answer_tokens(turn.provider, turn.model, &prompt, target)
+            (Vec::new(), Finish::ToolUse)
         };
-        let mut finish = Finish::Stop;
-        if let Some(limit) = turn.max_tokens {
+        // Tool calls are never cut: a half-written call is of no use to a test.
+        if let Some(limit) = turn.max_tokens.filter(|_| finish == Finish::Stop) {
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             if tokens.len() > limit {
                 tokens.truncate(limit);
@@ -233,8 +314,10 @@ impl Script {
                 )
                 .finish(),
             tokens,
+            calls,
             finish,
-            input_tokens: input_tokens(&turn.inputs),
+            input_tokens: input_tokens(&turn.inputs).saturating_add(turn.image_tokens),
+            image_tokens: turn.image_tokens,
         }
     }
 
@@ -254,8 +337,10 @@ impl Script {
         self.tokens.concat()
     }
 
+    /// Output tokens: the answer's tokens, or the tokens of every call's arguments.
     pub fn output_tokens(&self) -> u32 {
-        u32::try_from(self.tokens.len()).unwrap_or(u32::MAX)
+        let calls: usize = self.calls.iter().map(|call| call.fragments.len()).sum();
+        u32::try_from(self.tokens.len() + calls).unwrap_or(u32::MAX)
     }
 
     /// How a stream of this script ends.
@@ -268,6 +353,40 @@ impl Script {
             (None, None) => crate::sse::Ending::Complete,
         }
     }
+}
+
+/// The text (or JSON) answer, before any output limit cuts it.
+fn text_answer(
+    config: &SimulatorConfig,
+    turn: &Turn<'_>,
+    directives: &Directives,
+    prompt: &str,
+) -> Vec<String> {
+    let after_results = (!turn.results.is_empty()).then(|| tools::results_text(&turn.results));
+    let owned =
+        |text: &str| -> Vec<String> { split_tokens(text).into_iter().map(str::to_owned).collect() };
+    if let Output::Json(schema) = turn.output {
+        let json = match schema {
+            Some(schema) => schema::example(schema),
+            None => {
+                let answer =
+                    after_results.unwrap_or_else(|| header(turn.provider, turn.model, prompt));
+                serde_json::json!({ "answer": answer })
+            }
+        };
+        return owned(&schema::spaced(&json));
+    }
+    if let Some(text) = after_results {
+        return owned(&text);
+    }
+    if directives.echo || config.echo {
+        return owned(prompt);
+    }
+    let target = directives
+        .tokens
+        .unwrap_or(config.answer_tokens)
+        .min(MAX_ANSWER_TOKENS);
+    answer_tokens(turn.provider, turn.model, prompt, target)
 }
 
 /// Splits text into output tokens: each token is a run of whitespace followed by a run of
@@ -377,29 +496,7 @@ const QUOTED_WORDS: usize = 8;
 /// The deterministic answer: a header quoting the prompt, then filler words chosen by a PRNG
 /// seeded from the provider, model and prompt, up to `target` tokens.
 fn answer_tokens(provider: Provider, model: &str, prompt: &str, target: usize) -> Vec<String> {
-    let words: Vec<&str> = prompt.split_whitespace().collect();
-    let mut quote = words
-        .iter()
-        .take(QUOTED_WORDS)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let header = if quote.is_empty() {
-        format!("Simulated {} answer ({model}).", provider.label())
-    } else {
-        if words.len() > QUOTED_WORDS {
-            quote.push('…');
-        } else {
-            let trimmed = quote.trim_end_matches(['.', '!', '?', ',', ';', ':']).len();
-            quote.truncate(trimmed);
-            quote.push('.');
-        }
-        format!(
-            "Simulated {} answer ({model}) to: {quote}",
-            provider.label()
-        )
-    };
-
+    let header = header(provider, model, prompt);
     let mut tokens: Vec<String> = split_tokens(&header)
         .into_iter()
         .take(target)
@@ -438,6 +535,32 @@ fn answer_tokens(provider: Provider, model: &str, prompt: &str, target: usize) -
     tokens
 }
 
+/// The answer's first sentence, quoting the prompt's first words.
+fn header(provider: Provider, model: &str, prompt: &str) -> String {
+    let words: Vec<&str> = prompt.split_whitespace().collect();
+    let mut quote = words
+        .iter()
+        .take(QUOTED_WORDS)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if quote.is_empty() {
+        format!("Simulated {} answer ({model}).", provider.label())
+    } else {
+        if words.len() > QUOTED_WORDS {
+            quote.push('…');
+        } else {
+            let trimmed = quote.trim_end_matches(['.', '!', '?', ',', ';', ':']).len();
+            quote.truncate(trimmed);
+            quote.push('.');
+        }
+        format!(
+            "Simulated {} answer ({model}) to: {quote}",
+            provider.label()
+        )
+    }
+}
+
 /// FNV-1a: a stable hash (unlike `DefaultHasher`, whose algorithm may change between Rust
 /// releases) so answers stay the same across builds.
 pub struct Fnv(u64);
@@ -467,7 +590,7 @@ impl Default for Fnv {
     }
 }
 
-fn xorshift(mut x: u64) -> u64 {
+pub fn xorshift(mut x: u64) -> u64 {
     // xorshift needs a non-zero state.
     if x == 0 {
         x = 0x9e37_79b9_7f4a_7c15;
@@ -508,13 +631,13 @@ mod tests {
     }
 
     fn turn<'a>(prompt: &'a str, max_tokens: Option<u32>) -> Turn<'a> {
-        Turn {
-            provider: Provider::OpenAi,
-            model: "gpt-4o-mini",
+        Turn::text(
+            Provider::OpenAi,
+            "gpt-4o-mini",
             prompt,
-            inputs: vec![prompt],
+            vec![prompt],
             max_tokens,
-        }
+        )
     }
 
     #[test]
@@ -610,6 +733,70 @@ mod tests {
         assert_eq!(input_tokens(&["abcd"]), 1 + 3 + 3);
         assert_eq!(input_tokens(&["abcde [sim:echo]"]), 2 + 3 + 3);
         assert_eq!(input_tokens(&["من", ""]), 1 + 3 + 3 + 3);
+    }
+
+    #[test]
+    fn tool_directives_are_read_and_bad_ones_kept() {
+        let (d, text) = parse_directives("[sim:tool] a [sim:tool=get_weather][sim:tools=3]");
+        assert_eq!(
+            (d.tool, d.tool_calls, text.as_str()),
+            (
+                Some(ToolAsk::Named("get_weather".to_owned())),
+                Some(3),
+                " a "
+            )
+        );
+        let (d, text) = parse_directives("[sim:tools=0][sim:tools=65][sim:tool=a b]");
+        assert_eq!(d, Directives::default());
+        assert_eq!(text, "[sim:tools=0][sim:tools=65][sim:tool=a b]");
+    }
+
+    #[test]
+    fn tool_calls_count_their_arguments_and_ignore_max_tokens() {
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"]});
+        let mut turn = turn("Weather? [sim:tool]", Some(1));
+        turn.tools = Toolbox {
+            tools: vec![crate::tools::Tool {
+                name: "get_weather",
+                schema: Some(&schema),
+            }],
+            ..Toolbox::default()
+        };
+        let script = Script::new(&SimulatorConfig::default(), &turn);
+        assert_eq!(script.finish, Finish::ToolUse);
+        assert!(script.tokens.is_empty());
+        assert_eq!(script.calls[0].json, r#"{"city": "simulated", "days": 1}"#);
+        assert_eq!(script.output_tokens(), 4);
+    }
+
+    #[test]
+    fn results_json_and_images_shape_the_answer() {
+        let config = SimulatorConfig::default();
+        let mut after = turn("[sim:tool] Weather?", None);
+        after.results = vec![ToolResult {
+            content: "sunny".to_owned(),
+            is_error: false,
+        }];
+        assert_eq!(
+            Script::new(&config, &after).text(),
+            "The tool returned: sunny"
+        );
+        after.output = Output::Json(None);
+        assert_eq!(
+            Script::new(&config, &after).text(),
+            r#"{"answer": "The tool returned: sunny"}"#
+        );
+        let schema = serde_json::json!({"type": "object", "properties": {"n": {"type": "number"}}});
+        let mut json = turn("Hi", None);
+        json.output = Output::Json(Some(&schema));
+        json.image_tokens = 85;
+        let script = Script::new(&config, &json);
+        assert_eq!(script.text(), r#"{"n": 1.5}"#);
+        assert_eq!(script.tokens, vec![r#"{"n":"#, " 1.5}"]);
+        assert_eq!(script.input_tokens, input_tokens(&["Hi"]) + 85);
+        assert_eq!(script.image_tokens, 85);
     }
 
     #[test]

@@ -813,3 +813,766 @@ async fn answers_are_deterministic() {
     };
     assert_eq!(ask().await, ask().await);
 }
+
+// ---------------------------------------------------------------- Tools, JSON output, images
+
+/// A 1×1 transparent PNG.
+const PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+fn weather_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "note": {"type": "string"}
+        },
+        "required": ["city", "days", "unit"]
+    })
+}
+
+fn openai_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": weather_schema()}},
+        {"type": "function", "function": {"name": "get_time", "parameters":
+            {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}}
+    ])
+}
+
+fn anthropic_tools() -> Value {
+    json!([
+        {"name": "get_weather", "description": "Weather", "input_schema": weather_schema()},
+        {"name": "get_time", "input_schema":
+            {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}
+    ])
+}
+
+fn gemini_tools() -> Value {
+    json!([{"functionDeclarations": [
+        {"name": "get_weather", "parameters": {
+            "type": "OBJECT",
+            "properties": {"city": {"type": "STRING"}, "days": {"type": "INTEGER"},
+                           "unit": {"type": "STRING", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "days", "unit"]}},
+        {"name": "get_time", "parametersJsonSchema":
+            {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}
+    ]}])
+}
+
+/// The arguments every weather call must carry: each required property, typed.
+fn assert_weather_arguments(arguments: &Value) {
+    assert_eq!(
+        arguments,
+        &json!({"city": "simulated", "days": 1, "unit": "celsius"}),
+        "{arguments}"
+    );
+}
+
+/// Output tokens of a call: its arguments' JSON split at whitespace.
+fn tokens_of(arguments: &str) -> u64 {
+    arguments.split_whitespace().count() as u64
+}
+
+#[tokio::test]
+async fn openai_forced_tool_call_is_the_same_plain_and_streamed() {
+    // GIVEN a request that forces get_weather
+    let base = start_default().await;
+    let body = json!({"model": "gpt-4o-mini", "messages": user("Weather in Paris?"),
+                      "tools": openai_tools(),
+                      "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
+    // WHEN it is asked plainly
+    let plain: Value = openai(&base, body.clone())
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    // THEN the answer is one get_weather call with typed arguments and no content
+    let choice = &plain["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("call_") && id.len() == 29));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments = call["function"]["arguments"]
+        .as_str()
+        .expect("a JSON string");
+    assert_weather_arguments(&serde_json::from_str(arguments).expect("JSON arguments"));
+    assert_eq!(
+        plain["usage"]["completion_tokens"].as_u64(),
+        Some(tokens_of(arguments))
+    );
+    // WHEN it is streamed
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = parse_sse(&openai(&base, streamed).await.text().await.expect("body"));
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(json_of).collect();
+    // THEN the first chunk names the call, the next ones carry its arguments in fragments
+    let first = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(first["role"], "assistant");
+    assert_eq!(first["content"], Value::Null);
+    assert_eq!(
+        first["tool_calls"][0],
+        json!({"index": 0, "id": call["id"], "type": "function",
+               "function": {"name": "get_weather", "arguments": ""}})
+    );
+    let fragments: Vec<&str> = chunks[1..]
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert!(fragments.len() > 1, "{fragments:?}");
+    assert_eq!(fragments.concat(), arguments);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(chunks[chunks.len() - 1]["usage"], plain["usage"]);
+}
+
+#[tokio::test]
+async fn openai_auto_calls_a_tool_only_when_the_prompt_asks() {
+    let base = start_default().await;
+    let ask = |prompt: &str, choice: Value| {
+        let body = json!({"model": "gpt-4o-mini", "messages": user(prompt),
+                          "tools": openai_tools(), "tool_choice": choice});
+        let base = base.clone();
+        async move {
+            openai(&base, body)
+                .await
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    // WHEN auto is not asked to call THEN it answers with text
+    let text = ask("Hello", json!("auto")).await;
+    assert_eq!(text["choices"][0]["finish_reason"], "stop");
+    assert!(text["choices"][0]["message"].get("tool_calls").is_none());
+    // WHEN the prompt asks for a named tool THEN that one is called
+    let named = ask("Time? [sim:tool=get_time]", json!("auto")).await;
+    assert_eq!(
+        named["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_time"
+    );
+    // WHEN tools are off THEN even an asking prompt gets text
+    let none = ask("[sim:tool] Hello", json!("none")).await;
+    assert_eq!(none["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn openai_parallel_calls_have_distinct_ids_unless_parallel_calls_are_off() {
+    let base = start_default().await;
+    let body = json!({"model": "gpt-4o-mini", "messages": user("Both [sim:tools=2]"),
+                      "tools": openai_tools(), "stream": true});
+    let events = parse_sse(
+        &openai(&base, body.clone())
+            .await
+            .text()
+            .await
+            .expect("body"),
+    );
+    let opened: Vec<Value> = events
+        .iter()
+        .filter(|event| event.data != "[DONE]")
+        .filter_map(|event| {
+            let call = json_of(event)["choices"][0]["delta"]["tool_calls"][0].clone();
+            call.get("id").is_some().then_some(call)
+        })
+        .collect();
+    assert_eq!(opened.len(), 2);
+    assert_eq!(
+        (opened[0]["index"].clone(), opened[1]["index"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(opened[0]["function"]["name"], "get_weather");
+    assert_eq!(opened[1]["function"]["name"], "get_time");
+    assert_ne!(opened[0]["id"], opened[1]["id"]);
+    let mut single = body;
+    single["stream"] = json!(false);
+    single["parallel_tool_calls"] = json!(false);
+    let plain: Value = openai(&base, single).await.json().await.expect("JSON");
+    assert_eq!(
+        plain["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn openai_tool_results_are_answered_with_text_quoting_them() {
+    let base = start_default().await;
+    let messages = json!([
+        {"role": "user", "content": "Weather? [sim:tool]"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees and sunny"}
+    ]);
+    let body: Value = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": messages, "tools": openai_tools()}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "The tool returned: 21 degrees and sunny"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+}
+
+#[tokio::test]
+async fn openai_refuses_unknown_tools_and_unmatched_results() {
+    let base = start_default().await;
+    // WHEN tool_choice names a tool that is not offered THEN 400 naming tool_choice
+    let response = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": user("Hi"), "tools": openai_tools(),
+               "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("JSON");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"]["param"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("tool_choice")));
+    // WHEN a tool message answers no call THEN 400 naming its tool_call_id
+    let response = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "noon"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("JSON");
+    assert_eq!(error["error"]["param"], "messages.[2].tool_call_id");
+}
+
+#[tokio::test]
+async fn openai_json_output_follows_the_schema() {
+    let base = start_default().await;
+    let schema_body: Value = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": user("Weather"),
+               "response_format": {"type": "json_schema",
+                   "json_schema": {"name": "weather", "schema": weather_schema(), "strict": true}}}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    let content = schema_body["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text");
+    assert_weather_arguments(&serde_json::from_str(content).expect("JSON content"));
+    assert_eq!(
+        schema_body["usage"]["completion_tokens"].as_u64(),
+        Some(tokens_of(content))
+    );
+    // WHEN json_object is asked and the prompt says JSON THEN a small object comes back
+    let object: Value = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": user("Answer in JSON"),
+               "response_format": {"type": "json_object"}}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    let content = object["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text");
+    let parsed: Value = serde_json::from_str(content).expect("JSON content");
+    assert!(parsed["answer"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("Simulated OpenAI")));
+    // WHEN json_object is asked and the prompt never says JSON THEN 400, as OpenAI answers
+    let response = openai(
+        &base,
+        json!({"model": "gpt-4o-mini", "messages": user("Hi"),
+               "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn openai_images_cost_input_tokens_and_bad_ones_are_refused() {
+    let base = start_default().await;
+    let prompt_tokens = |content: Value| {
+        let base = base.clone();
+        async move {
+            let body: Value = openai(
+                &base,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}),
+            )
+            .await
+            .json()
+            .await
+            .expect("JSON");
+            body["usage"]["prompt_tokens"]
+                .as_u64()
+                .expect("prompt tokens")
+        }
+    };
+    let text = json!({"type": "text", "text": "What is this?"});
+    let image = |url: String, detail: &str| json!({"type": "image_url", "image_url": {"url": url, "detail": detail}});
+    let alone = prompt_tokens(json!([text])).await;
+    let low = prompt_tokens(json!([
+        text,
+        image(format!("data:image/png;base64,{PNG}"), "low")
+    ]));
+    assert_eq!(low.await, alone + 85);
+    let high = prompt_tokens(json!([
+        text,
+        image("https://example.com/cat.jpg".into(), "high")
+    ]));
+    assert_eq!(high.await, alone + 765);
+    for (url, code) in [
+        (
+            format!("data:image/bmp;base64,{PNG}"),
+            "invalid_image_format",
+        ),
+        (
+            "data:image/png;base64,not*base64".to_owned(),
+            "invalid_value",
+        ),
+    ] {
+        let response = openai(
+            &base,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content":
+                [text, image(url.clone(), "auto")]}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{url}");
+        let error: Value = response.json().await.expect("JSON");
+        assert_eq!(error["error"]["code"], code, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_forced_tool_use_is_the_same_plain_and_streamed() {
+    // GIVEN a request that forces get_weather
+    let base = start_default().await;
+    let body = json!({"model": "claude-3-haiku-20240307", "max_tokens": 100,
+                      "messages": user("Weather in Paris?"), "tools": anthropic_tools(),
+                      "tool_choice": {"type": "tool", "name": "get_weather"}});
+    // WHEN it is asked plainly THEN the answer is one tool_use block with typed input
+    let plain: Value = anthropic(&base, body.clone())
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(plain["stop_reason"], "tool_use");
+    let block = &plain["content"][0];
+    assert_eq!(plain["content"].as_array().map(Vec::len), Some(1));
+    assert_eq!(block["type"], "tool_use");
+    assert!(block["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("toolu_01") && id.len() == 30));
+    assert_eq!(block["name"], "get_weather");
+    assert_weather_arguments(&block["input"]);
+    // WHEN it is streamed
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let events = parse_sse(&anthropic(&base, streamed).await.text().await.expect("body"));
+    // THEN the block opens with an empty input, and input_json_delta fragments rebuild it
+    let start = events
+        .iter()
+        .find(|event| event.name.as_deref() == Some("content_block_start"))
+        .map(json_of)
+        .expect("content_block_start");
+    assert_eq!(
+        start["content_block"],
+        json!({"type": "tool_use", "id": block["id"], "name": "get_weather", "input": {}})
+    );
+    let fragments: Vec<String> = events
+        .iter()
+        .filter(|event| event.name.as_deref() == Some("content_block_delta"))
+        .map(|event| {
+            let delta = json_of(event)["delta"].clone();
+            assert_eq!(delta["type"], "input_json_delta");
+            delta["partial_json"]
+                .as_str()
+                .expect("partial_json")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        fragments.iter().filter(|f| !f.is_empty()).count() > 1,
+        "{fragments:?}"
+    );
+    let input: Value = serde_json::from_str(&fragments.concat()).expect("JSON input");
+    assert_eq!(input, block["input"]);
+    let delta = events
+        .iter()
+        .find(|event| event.name.as_deref() == Some("message_delta"))
+        .map(json_of)
+        .expect("message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        plain["usage"]["output_tokens"]
+    );
+    assert_eq!(
+        plain["usage"]["output_tokens"].as_u64(),
+        Some(tokens_of(&fragments.concat()))
+    );
+}
+
+#[tokio::test]
+async fn anthropic_auto_parallel_and_disabled_parallel_tool_use() {
+    let base = start_default().await;
+    let ask = |prompt: &str, choice: Value| {
+        let body = json!({"model": "claude-3-haiku-20240307", "max_tokens": 100,
+                          "messages": user(prompt), "tools": anthropic_tools(),
+                          "tool_choice": choice});
+        let base = base.clone();
+        async move {
+            anthropic(&base, body)
+                .await
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let text = ask("Hello", json!({"type": "auto"})).await;
+    assert_eq!(text["stop_reason"], "end_turn");
+    assert_eq!(text["content"][0]["type"], "text");
+    let asked = ask("Weather [sim:tool]", json!({"type": "auto"})).await;
+    assert_eq!(asked["content"][0]["name"], "get_weather");
+    let parallel = ask("Both [sim:tools=2]", json!({"type": "any"})).await;
+    let names: Vec<&str> = parallel["content"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter_map(|block| block["name"].as_str())
+        .collect();
+    assert_eq!(names, ["get_weather", "get_time"]);
+    assert_ne!(parallel["content"][0]["id"], parallel["content"][1]["id"]);
+    let single = ask(
+        "Both [sim:tools=2]",
+        json!({"type": "any", "disable_parallel_tool_use": true}),
+    )
+    .await;
+    assert_eq!(single["content"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn anthropic_tool_results_are_answered_with_text_and_checked() {
+    let base = start_default().await;
+    let history = |result_id: &str, is_error: bool| {
+        json!({"model": "claude-3-haiku-20240307", "max_tokens": 100, "tools": anthropic_tools(),
+        "messages": [
+            {"role": "user", "content": "Weather? [sim:tool]"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01A",
+                "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": result_id,
+                "content": [{"type": "text", "text": "21 degrees"}], "is_error": is_error}]}
+        ]})
+    };
+    let answered: Value = anthropic(&base, history("toolu_01A", false))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answered["stop_reason"], "end_turn");
+    assert_eq!(
+        answered["content"][0]["text"],
+        "The tool returned: 21 degrees"
+    );
+    let failed: Value = anthropic(&base, history("toolu_01A", true))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(failed["content"][0]["text"], "The tool failed: 21 degrees");
+    // WHEN the result answers another id THEN 400 invalid_request_error
+    let response = anthropic(&base, history("toolu_01B", false)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("JSON");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    // WHEN tool_choice names a tool that is not offered THEN 400
+    let response = anthropic(
+        &base,
+        json!({"model": "claude-3-haiku-20240307", "max_tokens": 100, "messages": user("Hi"),
+               "tools": anthropic_tools(), "tool_choice": {"type": "tool", "name": "nope"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn anthropic_output_format_and_images() {
+    let base = start_default().await;
+    let structured: Value = anthropic(
+        &base,
+        json!({"model": "claude-3-haiku-20240307", "max_tokens": 100, "messages": user("Weather"),
+               "output_config": {"format": {"type": "json_schema", "schema": weather_schema()}}}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    let text = structured["content"][0]["text"].as_str().expect("text");
+    assert_weather_arguments(&serde_json::from_str(text).expect("JSON text"));
+    let input_tokens = |content: Value| {
+        let base = base.clone();
+        async move {
+            let response = anthropic(
+                &base,
+                json!({"model": "claude-3-haiku-20240307", "max_tokens": 10,
+                       "messages": [{"role": "user", "content": content}]}),
+            )
+            .await;
+            let status = response.status();
+            let body: Value = response.json().await.expect("JSON");
+            (status.as_u16(), body["usage"]["input_tokens"].as_u64())
+        }
+    };
+    let text = json!({"type": "text", "text": "What is this?"});
+    let image = |media_type: &str, data: &str| {
+        json!({"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                           "data": data}})
+    };
+    let (_, alone) = input_tokens(json!([text])).await;
+    let (status, with_image) = input_tokens(json!([image("image/png", PNG), text])).await;
+    assert_eq!(status, 200);
+    assert_eq!(with_image, alone.map(|n| n + 1600));
+    assert_eq!(
+        input_tokens(json!([image("image/tiff", PNG), text]))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        input_tokens(json!([image("image/png", "???"), text]))
+            .await
+            .0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn gemini_forced_call_is_the_same_plain_and_streamed_and_signed() {
+    let base = start_default().await;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Weather in Paris?"}]}],
+                      "tools": gemini_tools(),
+                      "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}});
+    // WHEN it is asked plainly THEN one signed functionCall part comes back with STOP
+    let plain: Value = gemini(&base, "generateContent", body.clone())
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let candidate = &plain["candidates"][0];
+    assert_eq!(candidate["finishReason"], "STOP");
+    let part = &candidate["content"]["parts"][0];
+    assert_eq!(part["functionCall"]["name"], "get_weather");
+    assert!(part["functionCall"]["id"]
+        .as_str()
+        .is_some_and(|id| id.len() == 8));
+    assert_weather_arguments(&part["functionCall"]["args"]);
+    assert!(part["thoughtSignature"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    // WHEN it is streamed THEN the call arrives whole in one chunk, signature included
+    let events = parse_sse(
+        &gemini(&base, "streamGenerateContent?alt=sse", body)
+            .await
+            .text()
+            .await
+            .expect("body"),
+    );
+    assert_eq!(events.len(), 1);
+    let chunk = json_of(&events[0]);
+    assert_eq!(chunk["candidates"][0]["content"]["parts"][0], *part);
+    assert_eq!(chunk["usageMetadata"], plain["usageMetadata"]);
+}
+
+#[tokio::test]
+async fn gemini_auto_allowed_names_and_parallel_calls() {
+    let base = start_default().await;
+    let ask = |prompt: &str, config: Value| {
+        let body = json!({"contents": [{"parts": [{"text": prompt}]}], "tools": gemini_tools(),
+                          "toolConfig": {"functionCallingConfig": config}});
+        let base = base.clone();
+        async move {
+            gemini(&base, "generateContent", body)
+                .await
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let text = ask("Hello", json!({"mode": "AUTO"})).await;
+    assert!(text["candidates"][0]["content"]["parts"][0]["text"].is_string());
+    let asked = ask("Weather [sim:tool]", json!({"mode": "AUTO"})).await;
+    assert_eq!(
+        asked["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+        "get_weather"
+    );
+    let allowed = ask(
+        "Hi",
+        json!({"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
+    )
+    .await;
+    assert_eq!(
+        allowed["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+        "get_time"
+    );
+    let none = ask("[sim:tool]", json!({"mode": "NONE"})).await;
+    assert!(none["candidates"][0]["content"]["parts"][0]["text"].is_string());
+    // WHEN two calls are asked for THEN only the first part is signed
+    let parallel = ask("Both [sim:tools=2]", json!({"mode": "AUTO"})).await;
+    let parts = parallel["candidates"][0]["content"]["parts"]
+        .as_array()
+        .expect("parts")
+        .clone();
+    assert_eq!(parts.len(), 2);
+    assert!(parts[0].get("thoughtSignature").is_some());
+    assert!(parts[1].get("thoughtSignature").is_none());
+    assert_ne!(
+        parts[0]["functionCall"]["id"],
+        parts[1]["functionCall"]["id"]
+    );
+}
+
+#[tokio::test]
+async fn gemini_signatures_make_the_round_trip_and_are_checked() {
+    let base = start_default().await;
+    let question = json!({"role": "user", "parts": [{"text": "Weather? [sim:tool]"}]});
+    let first: Value = gemini(
+        &base,
+        "generateContent",
+        json!({"contents": [question], "tools": gemini_tools()}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    let model_turn = first["candidates"][0]["content"].clone();
+    let follow_up = |model_turn: Value| {
+        json!({"tools": gemini_tools(), "contents": [question, model_turn,
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
+                "response": {"forecast": "sunny"}}}]}]})
+    };
+    // WHEN the model's turn is sent back as it came THEN the answer is text quoting the result
+    let answer: Value = gemini(&base, "generateContent", follow_up(model_turn.clone()))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        answer["candidates"][0]["content"]["parts"][0]["text"],
+        "The tool returned: {\"forecast\": \"sunny\"}"
+    );
+    // WHEN the signature is dropped, altered, or replaced by the documented dummy
+    let with_signature = |signature: Option<&str>| {
+        let mut turn = model_turn.clone();
+        match signature {
+            Some(signature) => turn["parts"][0]["thoughtSignature"] = json!(signature),
+            None => {
+                if let Some(part) = turn["parts"][0].as_object_mut() {
+                    part.remove("thoughtSignature");
+                }
+            }
+        }
+        follow_up(turn)
+    };
+    let status_and_message = |body: Value| {
+        let base = base.clone();
+        async move {
+            let response = gemini(&base, "generateContent", body).await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("JSON");
+            (
+                status,
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    };
+    // THEN a missing or altered one is refused with Gemini's messages, the dummy is accepted
+    let (status, message) = status_and_message(with_signature(None)).await;
+    assert_eq!(status, 400);
+    assert!(
+        message.starts_with("Function call is missing a thought_signature"),
+        "{message}"
+    );
+    let (status, message) = status_and_message(with_signature(Some("AAAA"))).await;
+    assert_eq!(
+        (status, message.as_str()),
+        (400, "Corrupted thought signature.")
+    );
+    let (status, _) =
+        status_and_message(with_signature(Some("skip_thought_signature_validator"))).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn gemini_json_output_and_images() {
+    let base = start_default().await;
+    let structured: Value = gemini(
+        &base,
+        "generateContent",
+        json!({"contents": [{"parts": [{"text": "Weather"}]}],
+               "generationConfig": {"responseMimeType": "application/json",
+                   "responseSchema": gemini_tools()[0]["functionDeclarations"][0]["parameters"]}}),
+    )
+    .await
+    .json()
+    .await
+    .expect("JSON");
+    let text = structured["candidates"][0]["content"]["parts"][0]["text"]
+        .as_str()
+        .expect("text");
+    assert_weather_arguments(&serde_json::from_str(text).expect("JSON text"));
+    let ask = |parts: Value| {
+        let base = base.clone();
+        async move {
+            let response = gemini(
+                &base,
+                "generateContent",
+                json!({"contents": [{"parts": parts}]}),
+            )
+            .await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let text = json!({"text": "What is this?"});
+    let (_, alone) = ask(json!([text])).await;
+    let (status, with_image) =
+        ask(json!([{"inlineData": {"mimeType": "image/png", "data": PNG}}, text])).await;
+    assert_eq!(status, 200);
+    let prompt = |body: &Value| body["usageMetadata"]["promptTokenCount"].as_u64();
+    assert_eq!(prompt(&with_image), prompt(&alone).map(|n| n + 258));
+    assert_eq!(
+        with_image["usageMetadata"]["promptTokensDetails"][1],
+        json!({"modality": "IMAGE", "tokenCount": 258})
+    );
+    let (status, _) =
+        ask(json!([{"inlineData": {"mimeType": "image/bmp", "data": PNG}}, text])).await;
+    assert_eq!(status, 400);
+    let (status, error) =
+        ask(json!([{"inlineData": {"mimeType": "image/png", "data": "@@@"}}, text])).await;
+    assert_eq!(
+        (status, error["error"]["status"].as_str()),
+        (400, Some("INVALID_ARGUMENT"))
+    );
+}
