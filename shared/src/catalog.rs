@@ -33,6 +33,32 @@ impl ProviderKind {
             ProviderKind::OpenAi => "openai",
         }
     }
+
+    /// The most input tokens one image can count for on the provider's models, as the token
+    /// hold counts each image: OpenAI's gpt-4o-mini bills a high-detail 2048×768 image as
+    /// 2,833 + 8 × 5,667 tokens; Anthropic scales images to at most ~1.15 megapixels, about
+    /// 1,600 tokens; Gemini bills 258 tokens per 768-pixel tile, 16 tiles for a 3072×3072 image
+    /// (Gemini 3 at most 1,120 per image).
+    pub fn image_tokens(self) -> u64 {
+        match self {
+            ProviderKind::OpenAi => 48_169,
+            ProviderKind::Anthropic => 1_600,
+            ProviderKind::Google => 4_128,
+        }
+    }
+
+    /// Whether the provider fetches an image given by `http(s)` address itself (Gemini takes
+    /// images only inline).
+    pub fn fetches_image_urls(self) -> bool {
+        !matches!(self, ProviderKind::Google)
+    }
+
+    /// Whether the provider can offer tools and answer in JSON in one request: OpenAI only;
+    /// Anthropic's JSON answers are a forced tool call, and Gemini refuses function calling with
+    /// a JSON response type.
+    pub fn tools_with_json(self) -> bool {
+        matches!(self, ProviderKind::OpenAi)
+    }
 }
 
 impl fmt::Display for ProviderKind {

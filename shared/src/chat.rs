@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, Model, Plan, ProviderKind};
 use crate::error::{GatewayError, PlanError, RequestError};
 use crate::ids::ModelId;
-use crate::providers::{ChatRequest, ChatResponse, FinishReason, Sampling, Speaker, Turn, Usage};
+use crate::providers::{
+    ChatRequest, ChatResponse, FinishReason, Image, ImageSource, Part, ResponseFormat, Sampling,
+    Speaker, Tooling, Turn, Usage,
+};
 
 /// The body of `POST /api/v1/ai/chat`, as sent. Fields are loosely typed here and checked in
 /// [`prepare`], so every mistake gets a message naming the field.
@@ -36,6 +39,44 @@ pub struct ChatInput {
     pub turns: Vec<Turn>,
     pub temperature: Option<f32>,
     pub sampling: Sampling,
+    pub tooling: Tooling,
+    pub format: ResponseFormat,
+}
+
+/// The images the messages carry.
+pub fn images(turns: &[Turn]) -> impl Iterator<Item = &Image> {
+    turns
+        .iter()
+        .flat_map(|turn| &turn.parts)
+        .filter_map(|part| match part {
+            Part::Image(image) => Some(image),
+            _ => None,
+        })
+}
+
+/// What a request asks that not every provider can do.
+struct Asks<'a> {
+    seed: bool,
+    turns: &'a [Turn],
+    tools_and_json: bool,
+}
+
+impl<'a> Asks<'a> {
+    fn of(input: &'a ChatInput) -> Asks<'a> {
+        Asks {
+            seed: input.sampling.seed.is_some(),
+            turns: &input.turns,
+            tools_and_json: input.tooling.offered() && input.format.is_json(),
+        }
+    }
+
+    fn of_request(request: &'a ChatRequest) -> Asks<'a> {
+        Asks {
+            seed: request.sampling.seed.is_some(),
+            turns: &request.turns,
+            tools_and_json: request.tooling.offered() && request.format.is_json(),
+        }
+    }
 }
 
 /// A request that passed every check that needs no counter.
@@ -46,6 +87,8 @@ pub struct PreparedChat {
     /// `max_tokens` as the caller asked it, so the request can be prepared again under another
     /// plan (the default depends on the plan).
     pub asked_max_tokens: Option<u64>,
+    /// The input tokens the hold counts per image: the most one costs on the model's provider.
+    pub image_tokens: u64,
 }
 
 impl PreparedChat {
@@ -58,6 +101,8 @@ impl PreparedChat {
             turns: self.request.turns,
             temperature: self.request.temperature,
             sampling: self.request.sampling,
+            tooling: self.request.tooling,
+            format: self.request.format,
         }
     }
 }
@@ -92,17 +137,36 @@ pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
                 )))
             }
         };
-        turns.push(Turn {
-            speaker,
-            text: message.content,
-        });
+        turns.push(Turn::text(speaker, message.content));
     }
+    let options = Options {
+        model: body.model,
+        temperature: body.temperature,
+        max_tokens: body.max_tokens,
+    };
+    input(system, turns, options)
+}
+
+/// The options of a chat request every surface has, as sent.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub model: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<i64>,
+}
+
+/// A chat of `turns` after the `system` prompts, checked: at least one turn, the options in range.
+pub fn input(
+    system: Vec<String>,
+    turns: Vec<Turn>,
+    options: Options,
+) -> Result<ChatInput, GatewayError> {
     if turns.is_empty() {
         return Err(invalid(
             "messages: must contain at least one user or assistant message".into(),
         ));
     }
-    let temperature = match body.temperature {
+    let temperature = match options.temperature {
         None => None,
         Some(t) if (0.0..=2.0).contains(&t) => Some(t as f32),
         Some(t) => {
@@ -111,7 +175,7 @@ pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
             )))
         }
     };
-    let max_tokens = match body.max_tokens {
+    let max_tokens = match options.max_tokens {
         None => None,
         Some(n) if n >= 1 => Some(n.unsigned_abs()),
         Some(n) => {
@@ -121,13 +185,33 @@ pub fn validate(body: ChatBody) -> Result<ChatInput, GatewayError> {
         }
     };
     Ok(ChatInput {
-        model: body.model.map(ModelId::from),
+        model: options.model.map(ModelId::from),
         max_tokens,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         turns,
         temperature,
         sampling: Sampling::default(),
+        tooling: Tooling::default(),
+        format: ResponseFormat::default(),
     })
+}
+
+/// The first field of `input` that `model`'s provider cannot honour, if any: a `seed` on
+/// Anthropic, an image by address on Gemini, tools with a JSON answer anywhere but OpenAI.
+fn unsupported(model: &Model, asks: &Asks<'_>) -> Option<&'static str> {
+    let provider = model.provider;
+    if asks.seed && provider == ProviderKind::Anthropic {
+        return Some("seed");
+    }
+    if !provider.fetches_image_urls()
+        && images(asks.turns).any(|i| matches!(i.source, ImageSource::Url(_)))
+    {
+        return Some("image_url");
+    }
+    if asks.tools_and_json && !provider.tools_with_json() {
+        return Some("response_format");
+    }
+    None
 }
 
 /// Applies the catalog and the plan to a valid request, in SPEC's order: unknown model, model not
@@ -148,9 +232,9 @@ pub fn check<'a>(
     if !plan.allows(&model.id) {
         return Err(PlanError::ModelNotInPlan(model.id.to_string()).into());
     }
-    if input.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic {
+    if let Some(field) = unsupported(model, &Asks::of(input)) {
         return Err(RequestError::Unsupported {
-            field: "seed",
+            field,
             model: model.id.to_string(),
         }
         .into());
@@ -179,16 +263,18 @@ pub fn check<'a>(
 }
 
 /// The models a prepared request may be answered by, in order: its own, then its fallbacks that
-/// the plan allows and that can honour the request (a `seed` rules out Anthropic's; a
-/// `max_tokens` the caller asked for rules out models that allow fewer, rather than being cut).
+/// the plan allows and that can honour the request as admitted (nothing [`check`] would refuse;
+/// a `max_tokens` the caller asked for rules out models that allow fewer, rather than being cut;
+/// images rule out models whose images may cost more tokens than were held for them).
 pub fn candidates(catalog: &Catalog, plan: &Plan, chat: &PreparedChat) -> Vec<Model> {
+    let asks = Asks::of_request(&chat.request);
+    let has_images = images(&chat.request.turns).next().is_some();
     let honours = |model: &Model| {
-        let seed =
-            chat.request.sampling.seed.is_some() && model.provider == ProviderKind::Anthropic;
         let asked = chat
             .asked_max_tokens
             .is_some_and(|asked| asked > u64::from(model.max_tokens));
-        !seed && !asked
+        let images = has_images && model.provider.image_tokens() > chat.image_tokens;
+        !asked && !images && unsupported(model, &asks).is_none()
     };
     std::iter::once(chat.model.clone())
         .chain(
@@ -223,8 +309,11 @@ pub fn build(model: &Model, max_tokens: u32, input: ChatInput) -> PreparedChat {
             max_tokens,
             temperature: input.temperature,
             sampling: input.sampling,
+            tooling: input.tooling,
+            format: input.format,
         },
         asked_max_tokens: input.max_tokens,
+        image_tokens: model.provider.image_tokens(),
     }
 }
 
@@ -396,6 +485,75 @@ mod tests {
             candidates("team", long),
             ["gpt-4o-mini", "gemini-1.5-pro", "gemini-1.5-flash"]
         );
+    }
+
+    #[test]
+    fn what_a_provider_cannot_do_is_refused_and_rules_its_models_out_as_fallbacks() {
+        let mut catalog = Catalog::builtin();
+        let pro = catalog.plan(&PlanId::from("pro")).expect("plan").clone();
+        let image = |url: bool| {
+            let source = if url {
+                ImageSource::Url("https://example.com/cat.png".into())
+            } else {
+                ImageSource::Inline {
+                    media_type: "image/png".into(),
+                    data: "iVBORw0K".into(),
+                }
+            };
+            Part::Image(Image {
+                source,
+                detail: None,
+            })
+        };
+        let input = |model: &str, part: Part| {
+            let body = body(
+                serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Look"}]}),
+            );
+            let mut input = validate(body).expect("valid");
+            input.turns[0].parts.push(part);
+            input
+        };
+        // Gemini fetches no image addresses.
+        let err = prepare(&catalog, &pro, input("gemini-1.5-flash", image(true))).expect_err("400");
+        assert_eq!(err.status().as_u16(), 400);
+        assert!(err.detail().starts_with("image_url"), "{}", err.detail());
+        // Claude and Gemini cannot offer tools and answer in JSON at once.
+        let mut both = input("claude-3-haiku", Part::Text("x".into()));
+        both.tooling.tools.push(crate::providers::Tool {
+            name: "f".into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object"}),
+            strict: None,
+        });
+        both.format = ResponseFormat::JsonObject;
+        let err = prepare(&catalog, &pro, both).expect_err("400");
+        assert!(
+            err.detail().starts_with("response_format"),
+            "{}",
+            err.detail()
+        );
+        // As fallbacks, such models are skipped; so are models whose images may cost more.
+        for (id, fallbacks) in [
+            ("gpt-4o-mini", ["claude-3-haiku", "gemini-1.5-flash"]),
+            ("gemini-1.5-pro", ["gpt-4o-mini", "gemini-1.5-flash"]),
+        ] {
+            catalog
+                .models
+                .get_mut(&ModelId::from(id))
+                .expect("model")
+                .fallbacks = fallbacks.into_iter().map(ModelId::from).collect();
+        }
+        let names = |chat: &PreparedChat| {
+            candidates(&catalog, &pro, chat)
+                .into_iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let by_address = prepare(&catalog, &pro, input("gpt-4o-mini", image(true))).expect("ok");
+        assert_eq!(names(&by_address), ["gpt-4o-mini", "claude-3-haiku"]);
+        let inline = prepare(&catalog, &pro, input("gemini-1.5-pro", image(false))).expect("ok");
+        assert_eq!(inline.image_tokens, 4_128);
+        assert_eq!(names(&inline), ["gemini-1.5-pro", "gemini-1.5-flash"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::chat::PreparedChat;
 use crate::clock;
 use crate::error::{GatewayError, LimitError};
 use crate::ids::OrgId;
-use crate::providers::ChatRequest;
+use crate::providers::{Part, ResponseFormat};
 use crate::store::{AccessCheck, Admission, AdmitOutcome, Hold, MeterStore, MonthCounter, Slot};
 use crate::usage;
 
@@ -64,20 +64,37 @@ pub struct Ticket {
     pub tokens: Option<TokenStatus>,
 }
 
-/// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes.
-pub fn input_upper_bound(request: &ChatRequest) -> u64 {
-    let text = request
-        .turns
-        .iter()
-        .fold(request.system.as_ref().map_or(0, String::len), |sum, t| {
-            sum.saturating_add(t.text.len())
-        });
-    let messages = u64::try_from(request.turns.len())
-        .unwrap_or(u64::MAX)
-        .saturating_add(2);
-    u64::try_from(text)
-        .unwrap_or(u64::MAX)
-        .saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages))
+/// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes, so
+/// text (of messages, tool calls, tool results, the tools' definitions and the answer's schema)
+/// counts a token a byte; each image counts as the most one costs on the model's provider.
+pub fn input_upper_bound(chat: &PreparedChat) -> u64 {
+    let request = &chat.request;
+    let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut bound = len(request.system.as_ref().map_or(0, String::len));
+    let mut messages: u64 = 2;
+    for turn in &request.turns {
+        for part in &turn.parts {
+            let tokens = match part {
+                Part::Text(text) => len(text.len()),
+                Part::Image(_) => chat.image_tokens,
+                Part::ToolCall(call) => len(call.name.len() + call.arguments.len()),
+                Part::ToolResult(result) => len(result.content.len()),
+            };
+            bound = bound.saturating_add(tokens);
+            // Providers frame each tool call and result like a message of its own.
+            messages = messages.saturating_add(1);
+        }
+    }
+    for tool in &request.tooling.tools {
+        let definition = tool.parameters.to_string().len() + tool.name.len();
+        let description = tool.description.as_ref().map_or(0, String::len);
+        bound = bound.saturating_add(len(definition + description));
+        messages = messages.saturating_add(1);
+    }
+    if let ResponseFormat::JsonSchema { schema, .. } = &request.format {
+        bound = bound.saturating_add(len(schema.to_string().len()));
+    }
+    bound.saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages))
 }
 
 /// What admission decided, when it is not a refusal.
@@ -166,7 +183,7 @@ pub async fn admit(
     mut access: Option<AccessCheck>,
 ) -> Result<Verdict, GatewayError> {
     let at = Windows::at(now);
-    let input = input_upper_bound(&chat.request);
+    let input = input_upper_bound(chat);
     let mut max_tokens = u64::from(chat.request.max_tokens);
     let request_id = uuid::Uuid::now_v7().to_string();
     for attempt in 0..ATTEMPTS {

@@ -18,7 +18,9 @@ use crate::error::{GatewayError, PlanError};
 use crate::ids::OrgId;
 use crate::limits::{self, RateStatus, Ticket, TokenStatus, Verdict};
 use crate::money::NanoUsd;
-use crate::providers::{ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, Usage};
+use crate::providers::{
+    ChatResponse, ChatStream, FinishReason, ProviderError, StreamEvent, ToolCallDelta, Usage,
+};
 use crate::resilience::{self, Ask, Attempts, Reply};
 use crate::state::AppState;
 use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, Party, StoreError};
@@ -205,7 +207,7 @@ impl Call {
 
     fn estimate(&self, reported: Option<Usage>, text_bytes: usize) -> Usage {
         usage::estimated(
-            limits::input_upper_bound(&self.chat.request),
+            limits::input_upper_bound(&self.chat),
             self.ticket.max_tokens,
             reported,
             text_bytes,
@@ -491,13 +493,24 @@ pub struct StreamSummary {
     pub interrupted: Option<String>,
 }
 
+/// A piece of a streamed answer, as it is passed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    ToolCall(ToolCallDelta),
+}
+
 /// A streamed answer being read: the text it passed on, the usage and finish the provider
 /// reported, and the admitted call it settles when [`MeteredStream::finish`] is called (or, if
 /// it is dropped first, as a dropped call).
 pub struct MeteredStream {
     admitted: Admitted,
     events: ChatStream,
+    /// The bytes of text and tool-call arguments passed on, for an estimate if the provider
+    /// never reports usage.
     text_bytes: usize,
+    /// Whether anything was passed on.
+    any_output: bool,
     reported: Option<Usage>,
     finish: Option<FinishReason>,
     failure: Option<ProviderError>,
@@ -509,6 +522,7 @@ impl MeteredStream {
             admitted,
             events,
             text_bytes: 0,
+            any_output: false,
             reported: None,
             finish: None,
             failure: None,
@@ -532,25 +546,38 @@ impl MeteredStream {
         self.admitted.request_id()
     }
 
-    /// The next piece of text; `None` once the provider's stream ended or failed. Safe to cancel:
-    /// every event is recorded as it arrives.
-    pub async fn next_text(&mut self) -> Option<String> {
+    /// The next piece of the answer; `None` once the provider's stream ended or failed. Safe to
+    /// cancel: every event is recorded as it arrives.
+    pub async fn next_piece(&mut self) -> Option<Piece> {
         if self.failure.is_some() {
             return None;
         }
         loop {
-            match self.events.next().await? {
+            let piece = match self.events.next().await? {
                 Ok(StreamEvent::Delta(text)) => {
                     self.text_bytes = self.text_bytes.saturating_add(text.len());
-                    return Some(text);
+                    Piece::Text(text)
                 }
-                Ok(StreamEvent::Usage(usage)) => self.reported = Some(usage),
-                Ok(StreamEvent::Finish(reason)) => self.finish = Some(reason),
+                Ok(StreamEvent::ToolCall(call)) => {
+                    let bytes = call.arguments.len() + call.name.as_ref().map_or(0, String::len);
+                    self.text_bytes = self.text_bytes.saturating_add(bytes);
+                    Piece::ToolCall(call)
+                }
+                Ok(StreamEvent::Usage(usage)) => {
+                    self.reported = Some(usage);
+                    continue;
+                }
+                Ok(StreamEvent::Finish(reason)) => {
+                    self.finish = Some(reason);
+                    continue;
+                }
                 Err(err) => {
                     self.failure = Some(err);
                     return None;
                 }
-            }
+            };
+            self.any_output = true;
+            return Some(piece);
         }
     }
 
@@ -562,13 +589,14 @@ impl MeteredStream {
             mut admitted,
             events,
             text_bytes,
+            any_output,
             reported,
             finish,
             failure,
         } = self;
         drop(events);
         let complete = finish.is_some() && failure.is_none() && end != StreamEnd::ClientGone;
-        let provider_failed_first = text_bytes == 0 && !complete && end == StreamEnd::Drained;
+        let provider_failed_first = !any_output && !complete && end == StreamEnd::Drained;
         let why = match (&failure, end) {
             (Some(err), _) => err.to_string(),
             (None, StreamEnd::ClientGone) => "the client disconnected".to_owned(),

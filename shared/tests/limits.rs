@@ -42,17 +42,46 @@ fn chat(max_tokens: u32) -> PreparedChat {
         request: ChatRequest {
             upstream_model: model.upstream.clone(),
             system: None,
-            turns: vec![Turn {
-                speaker: Speaker::User,
-                text: "x".repeat(76),
-            }],
+            turns: vec![Turn::text(Speaker::User, "x".repeat(76))],
             max_tokens,
             temperature: None,
             sampling: Default::default(),
+            tooling: Default::default(),
+            format: Default::default(),
         },
+        image_tokens: model.provider.image_tokens(),
         model,
         asked_max_tokens: Some(u64::from(max_tokens)),
     }
+}
+
+#[test]
+fn the_input_bound_counts_images_at_their_most_and_tools_a_token_a_byte() {
+    use gateway::providers::{Image, ImageSource, Part, Tool};
+    let mut pictured = chat(10);
+    assert_eq!(limits::input_upper_bound(&pictured), 100);
+    pictured.request.turns[0].parts.push(Part::Image(Image {
+        source: ImageSource::Inline {
+            media_type: "image/png".into(),
+            data: "x".repeat(10_000),
+        },
+        detail: None,
+    }));
+    // A Gemini image: at most 16 tiles of 258 tokens, however many bytes it has; framed like a
+    // message of its own.
+    assert_eq!(limits::input_upper_bound(&pictured), 100 + 4_128 + 8);
+    let parameters = serde_json::json!({"type": "object"});
+    pictured.request.tooling.tools.push(Tool {
+        name: "f".into(),
+        description: Some("four".into()),
+        parameters: parameters.clone(),
+        strict: None,
+    });
+    let tool = parameters.to_string().len() + 1 + 4;
+    assert_eq!(
+        limits::input_upper_bound(&pictured),
+        100 + 4_128 + 8 + tool as u64 + 8
+    );
 }
 
 fn plan_without_messages() -> Plan {

@@ -8,8 +8,9 @@ use futures::StreamExt;
 use gateway::catalog::ProviderKind;
 use gateway::config::{Endpoint, ProviderSettings};
 use gateway::providers::{
-    ChatRequest, FinishReason, ProviderError, ProviderErrorKind, Providers, Speaker, StreamEvent,
-    Turn, Usage,
+    ChatRequest, FinishReason, Image, ImageSource, Part, ProviderError, ProviderErrorKind,
+    Providers, ResponseFormat, Speaker, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    Tooling, Turn, Usage,
 };
 use gateway::secret::Secret;
 
@@ -52,22 +53,15 @@ fn request(model: &str, prompt: &str, max_tokens: u32) -> ChatRequest {
         upstream_model: model.to_owned(),
         system: Some("You are terse.".to_owned()),
         turns: vec![
-            Turn {
-                speaker: Speaker::User,
-                text: "Hi".to_owned(),
-            },
-            Turn {
-                speaker: Speaker::Assistant,
-                text: "Hello.".to_owned(),
-            },
-            Turn {
-                speaker: Speaker::User,
-                text: prompt.to_owned(),
-            },
+            Turn::text(Speaker::User, "Hi"),
+            Turn::text(Speaker::Assistant, "Hello."),
+            Turn::text(Speaker::User, prompt),
         ],
         max_tokens,
         temperature: Some(0.7),
         sampling: Default::default(),
+        tooling: Default::default(),
+        format: Default::default(),
     }
 }
 
@@ -223,20 +217,36 @@ async fn missing_keys_are_reported_by_name(kind: ProviderKind) {
     assert!(err.to_string().contains("_API_KEY"), "{err}");
 }
 
-/// Drains a stream into (text, last usage, finish reason, error).
+/// Drains a stream into (text, last usage, finish reason, error), with no tool calls in it.
 async fn drain(
-    mut stream: gateway::providers::ChatStream,
+    stream: gateway::providers::ChatStream,
 ) -> (
     Vec<String>,
     Option<Usage>,
     Option<FinishReason>,
     Option<ProviderError>,
 ) {
-    use futures::StreamExt;
-    let (mut deltas, mut usage, mut finish, mut error) = (Vec::new(), None, None, None);
+    let drained = drain_all(stream).await;
+    assert!(drained.calls.is_empty(), "{:?}", drained.calls);
+    (drained.deltas, drained.usage, drained.finish, drained.error)
+}
+
+/// Everything a stream said.
+struct Drained {
+    deltas: Vec<String>,
+    calls: Vec<gateway::providers::ToolCallDelta>,
+    usage: Option<Usage>,
+    finish: Option<FinishReason>,
+    error: Option<ProviderError>,
+}
+
+async fn drain_all(mut stream: gateway::providers::ChatStream) -> Drained {
+    let (mut deltas, mut calls, mut usage, mut finish, mut error) =
+        (Vec::new(), Vec::new(), None, None, None);
     while let Some(event) = stream.next().await {
         match event {
             Ok(StreamEvent::Delta(text)) => deltas.push(text),
+            Ok(StreamEvent::ToolCall(call)) => calls.push(call),
             Ok(StreamEvent::Usage(u)) => usage = Some(u),
             Ok(StreamEvent::Finish(f)) => finish = Some(f),
             Err(e) => {
@@ -245,7 +255,13 @@ async fn drain(
             }
         }
     }
-    (deltas, usage, finish, error)
+    Drained {
+        deltas,
+        calls,
+        usage,
+        finish,
+        error,
+    }
 }
 
 async fn streams_text_usage_and_finish(kind: ProviderKind) {
@@ -385,6 +401,177 @@ async fn endless_answers_are_cut_off_at_a_cap(kind: ProviderKind) {
     );
 }
 
+/// A request offering a weather tool, forced to call it.
+fn forced_tool(kind: ProviderKind) -> ChatRequest {
+    let mut request = request(model_of(kind), "What is the weather in Paris?", 200);
+    request.tooling = Tooling {
+        tools: vec![Tool {
+            name: "weather".into(),
+            description: Some("The weather in a city".into()),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                    "days": {"type": ["integer", "null"]}
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": false
+            }),
+            strict: None,
+        }],
+        choice: Some(ToolChoice::Named("weather".into())),
+        parallel: None,
+    };
+    request
+}
+
+fn assert_weather_arguments(arguments: &str) {
+    let arguments: serde_json::Value = serde_json::from_str(arguments).expect("JSON arguments");
+    assert!(arguments["city"].is_string(), "{arguments}");
+    assert_eq!(
+        arguments["unit"], "celsius",
+        "an enum takes its first value"
+    );
+}
+
+async fn forced_tools_are_called_whole_and_streamed(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    // WHEN a request forces its tool
+    let answer = providers
+        .get(kind)
+        .complete(&forced_tool(kind))
+        .await
+        .expect("answer");
+    // THEN the answer is one call with an id, the tool's name and typed arguments
+    assert_eq!(answer.finish_reason, FinishReason::ToolCalls);
+    let [call] = answer.tool_calls.as_slice() else {
+        panic!("one call: {answer:?}");
+    };
+    assert!(!call.id.is_empty());
+    assert_eq!(call.name, "weather");
+    assert_weather_arguments(&call.arguments);
+    assert!(answer.usage.output_tokens > 0);
+    // AND streamed, the call's id and name come first, then its arguments in pieces
+    let stream = providers
+        .get(kind)
+        .stream(&forced_tool(kind))
+        .await
+        .expect("stream opens");
+    let drained = drain_all(stream).await;
+    assert!(drained.error.is_none(), "{:?}", drained.error);
+    assert_eq!(drained.finish, Some(FinishReason::ToolCalls));
+    assert!(drained.calls.iter().all(|piece| piece.index == 0));
+    let first = &drained.calls[0];
+    assert!(first.id.is_some() && first.name.as_deref() == Some("weather"));
+    let arguments: String = drained.calls.iter().map(|p| p.arguments.as_str()).collect();
+    assert_weather_arguments(&arguments);
+    assert_eq!(
+        drained.usage.map(|u| u.output_tokens),
+        Some(answer.usage.output_tokens)
+    );
+}
+
+async fn tool_results_come_back_as_an_answer(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let mut request = forced_tool(kind);
+    let answer = providers
+        .get(kind)
+        .complete(&request)
+        .await
+        .expect("answer");
+    let call: ToolCall = answer.tool_calls[0].clone();
+    // WHEN the call goes back (with whatever the provider needs back) with the tool's result
+    request.turns.push(Turn {
+        speaker: Speaker::Assistant,
+        parts: vec![Part::ToolCall(call.clone())],
+    });
+    request.turns.push(Turn {
+        speaker: Speaker::User,
+        parts: vec![Part::ToolResult(ToolResult {
+            call_id: call.id,
+            name: call.name,
+            content: "18 degrees and sunny".into(),
+        })],
+    });
+    request.tooling.choice = Some(ToolChoice::Auto);
+    let answer = providers
+        .get(kind)
+        .complete(&request)
+        .await
+        .expect("answer");
+    // THEN the model answers with text that used it
+    assert_eq!(answer.finish_reason, FinishReason::Stop);
+    assert!(answer.tool_calls.is_empty());
+    assert!(
+        answer.text.contains("18 degrees and sunny"),
+        "{}",
+        answer.text
+    );
+}
+
+async fn json_answers_hold_the_schemas_required_properties(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let mut request = request(model_of(kind), "Describe a person", 200);
+    request.format = ResponseFormat::JsonSchema {
+        name: "person".into(),
+        description: None,
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"]
+        }),
+        strict: Some(true),
+    };
+    let answer = providers
+        .get(kind)
+        .complete(&request)
+        .await
+        .expect("answer");
+    assert_eq!(answer.finish_reason, FinishReason::Stop);
+    let person: serde_json::Value = serde_json::from_str(&answer.text).expect("JSON");
+    assert!(
+        person["name"].is_string() && person["age"].is_i64(),
+        "{person}"
+    );
+    let stream = providers
+        .get(kind)
+        .stream(&request)
+        .await
+        .expect("stream opens");
+    let (deltas, _, finish, error) = drain(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(finish, Some(FinishReason::Stop));
+    let streamed: serde_json::Value = serde_json::from_str(&deltas.concat()).expect("JSON");
+    assert_eq!(streamed, person);
+}
+
+/// A 1×1 PNG.
+const PIXEL: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+async fn images_are_sent_and_counted_as_input(kind: ProviderKind) {
+    let providers = providers(Duration::from_secs(5)).await;
+    let plain = request(model_of(kind), "What is in the picture?", 50);
+    let mut pictured = plain.clone();
+    pictured.turns[2].parts.push(Part::Image(Image {
+        source: ImageSource::Inline {
+            media_type: "image/png".into(),
+            data: PIXEL.into(),
+        },
+        detail: None,
+    }));
+    let without = providers.get(kind).complete(&plain).await.expect("answer");
+    let with = providers
+        .get(kind)
+        .complete(&pictured)
+        .await
+        .expect("answer");
+    assert!(
+        with.usage.input_tokens > without.usage.input_tokens,
+        "{with:?} {without:?}"
+    );
+}
+
 macro_rules! provider_contract {
     ($($case:ident),* $(,)?) => {
         mod openai {
@@ -414,4 +601,8 @@ provider_contract!(
     cut_streams_end_in_an_error_after_their_text,
     silent_streams_time_out,
     endless_answers_are_cut_off_at_a_cap,
+    forced_tools_are_called_whole_and_streamed,
+    tool_results_come_back_as_an_answer,
+    json_answers_hold_the_schemas_required_properties,
+    images_are_sent_and_counted_as_input,
 );

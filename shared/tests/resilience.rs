@@ -228,14 +228,14 @@ async fn streams_are_retried_before_their_first_event_only<S: Store + 'static>(s
         .open_stream(deadline)
         .await
         .expect("opened on the retry");
-    while opened.next_text().await.is_some() {}
+    while opened.next_piece().await.is_some() {}
     let summary = opened.finish(StreamEnd::Drained).await;
     assert!(summary.interrupted.is_none());
     // AND a stream that fails after its first tokens is not retried: it ends cut
     let call = admit(&state, &who, "gemini-1.5-flash", "[sim:fail=2] tell me").await;
     let mut opened = call.open_stream(deadline).await.expect("opened");
     let mut pieces = 0;
-    while opened.next_text().await.is_some() {
+    while opened.next_piece().await.is_some() {
         pieces += 1;
     }
     assert_eq!(pieces, 2);

@@ -11,7 +11,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { createOpenAI } from "@ai-sdk/openai";
-import { generateText, streamText } from "ai";
+import { generateText, isStepCount, jsonSchema, streamText, tool } from "ai";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 let server;
@@ -56,8 +56,15 @@ before(async () => {
 
 after(() => server?.kill());
 
-/** An org on the pro plan and one of its API keys. */
-async function apiKey() {
+let key;
+
+/** An org on the pro plan and one of its API keys, made once for every test. */
+function apiKey() {
+  key ??= newApiKey();
+  return key;
+}
+
+async function newApiKey() {
   const credentials = { email: "vercel@example.com", password: "correct horse battery" };
   const [, registered] = await call("POST", `${base}/api/v1/auth/register`, credentials);
   const auth = { Authorization: `Bearer ${registered.access_token}` };
@@ -90,6 +97,68 @@ test("generateText and streamText work on every provider, and stream the same te
     assert.ok(pieces > 1, `${id}: the text arrived in pieces`);
     assert.equal(text, generated.text, id);
     assert.equal((await streamed.usage).outputTokens, generated.usage.outputTokens, id);
+  }
+});
+
+/** A tool the model is made to call first; its answer must reach the model's final text. */
+function weatherTools(calls) {
+  return {
+    weather: tool({
+      description: "The weather in a city",
+      inputSchema: jsonSchema({
+        type: "object",
+        properties: { city: { type: "string" }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
+        required: ["city", "unit"],
+      }),
+      execute: async ({ city, unit }) => {
+        calls.push({ city, unit });
+        return `18 degrees ${unit} in ${city}`;
+      },
+    }),
+  };
+}
+
+/** The first step must call the tool; the next may answer. */
+const callFirst = ({ stepNumber }) =>
+  stepNumber === 0 ? { toolChoice: { type: "tool", toolName: "weather" } } : { toolChoice: "auto" };
+
+test("a tool round trip (call, result, answer) works on every provider, streamed and not", async () => {
+  const gateway = createOpenAI({ baseURL: `${base}/v1`, apiKey: await apiKey() });
+  for (const id of ["gemini-1.5-flash", "claude-3-haiku", "gpt-4o-mini"]) {
+    const calls = [];
+    const generated = await generateText({
+      model: gateway.chat(id),
+      prompt: "What is the weather in Paris?",
+      tools: weatherTools(calls),
+      prepareStep: callFirst,
+      stopWhen: isStepCount(2),
+      maxRetries: 0,
+    });
+    assert.equal(generated.steps.length, 2, id);
+    assert.equal(generated.steps[0].finishReason, "tool-calls", id);
+    assert.equal(generated.steps[0].toolCalls[0].toolName, "weather", id);
+    assert.equal(calls.length, 1, id);
+    assert.equal(typeof calls[0].city, "string", id);
+    assert.equal(calls[0].unit, "celsius", `${id}: an enum takes its first value`);
+    assert.match(generated.text, /18 degrees celsius/, `${id}: the tool's result reached the answer`);
+    assert.equal(generated.finishReason, "stop", id);
+
+    const streamedCalls = [];
+    const streamed = streamText({
+      model: gateway.chat(id),
+      prompt: "What is the weather in Paris?",
+      tools: weatherTools(streamedCalls),
+      prepareStep: callFirst,
+      stopWhen: isStepCount(2),
+      maxRetries: 0,
+    });
+    let text = "";
+    for await (const piece of streamed.textStream) text += piece;
+    const steps = await streamed.steps;
+    assert.equal(steps.length, 2, id);
+    assert.equal(steps[0].toolCalls[0].toolName, "weather", id);
+    assert.deepEqual(streamedCalls, calls, `${id}: the streamed call has the same arguments`);
+    assert.match(text, /18 degrees celsius/, id);
   }
 });
 

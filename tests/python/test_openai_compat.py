@@ -313,3 +313,157 @@ def test_langchain_chat_openai_invokes_and_streams(gateway, big, model):
     assert answer.usage_metadata["total_tokens"] > 0
     streamed = "".join(chunk.content for chunk in chat.stream("Tell me about DynamoDB"))
     assert streamed == answer.content
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"},
+                           "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                           "days": {"type": "integer"}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "local_time", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+# A 1×1 PNG.
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def _streamed_calls(chunks):
+    """Tool calls put together from stream chunks, as SDK users do: by index."""
+    calls = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            for piece in choice.delta.tool_calls or []:
+                call = calls.setdefault(piece.index, {"id": None, "name": None, "arguments": ""})
+                call["id"] = piece.id or call["id"]
+                if piece.function:
+                    call["name"] = piece.function.name or call["name"]
+                    call["arguments"] += piece.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("model", MODELS)
+def test_a_tool_round_trip_works_on_every_provider(gateway, big, model, stream):
+    client = gateway.client(big[1]["key"])
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "weather"}}
+    if stream:
+        chunks = list(client.chat.completions.create(model=model, messages=messages, tools=[WEATHER],
+                                                     tool_choice=forced, stream=True))
+        calls = _streamed_calls(chunks)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes == ["tool_calls"]
+    else:
+        answer = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER],
+                                                tool_choice=forced)
+        assert answer.choices[0].finish_reason == "tool_calls"
+        assert answer.choices[0].message.content is None
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in answer.choices[0].message.tool_calls]
+    assert len(calls) == 1 and calls[0]["name"] == "weather" and calls[0]["id"]
+    arguments = json.loads(calls[0]["arguments"])
+    assert isinstance(arguments["city"], str) and arguments["unit"] == "celsius"
+
+    # The call goes back as the SDK returned it (its id carries whatever the provider needs back,
+    # Gemini's thought signature included), with the tool's result.
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": calls[0]["id"], "type": "function",
+             "function": {"name": "weather", "arguments": calls[0]["arguments"]}}]},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "18 degrees and sunny"},
+    ]
+    final = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER])
+    assert final.choices[0].finish_reason == "stop"
+    assert "18 degrees and sunny" in final.choices[0].message.content
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_auto_calls_tools_only_when_the_model_chooses_and_in_parallel(gateway, big, model):
+    client = gateway.client(big[1]["key"])
+    plain = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hello"}], tools=[WEATHER, TIME])
+    assert plain.choices[0].finish_reason == "stop" and not plain.choices[0].message.tool_calls
+
+    both = [{"role": "user", "content": "Weather and time in Rome? [sim:tools=2]"}]
+    answer = client.chat.completions.create(model=model, messages=both, tools=[WEATHER, TIME])
+    names = [c.function.name for c in answer.choices[0].message.tool_calls]
+    assert names == ["weather", "local_time"]
+    assert len({c.id for c in answer.choices[0].message.tool_calls}) == 2
+
+    chunks = list(client.chat.completions.create(model=model, messages=both, tools=[WEATHER, TIME],
+                                                 stream=True))
+    assert [c["name"] for c in _streamed_calls(chunks)] == ["weather", "local_time"]
+
+    single = client.chat.completions.create(model=model, messages=both, tools=[WEATHER, TIME],
+                                            parallel_tool_calls=False)
+    assert len(single.choices[0].message.tool_calls) == 1
+
+    # A tool_choice of none calls nothing.
+    none = client.chat.completions.create(model=model, messages=both, tools=[WEATHER, TIME],
+                                          tool_choice="none")
+    assert not none.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_json_output_holds_the_schemas_required_properties(gateway, big, model):
+    client = gateway.client(big[1]["key"])
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["name", "age"], "additionalProperties": False}
+    format_ = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    messages = [{"role": "user", "content": "Describe a person in JSON"}]
+    answer = client.chat.completions.create(model=model, messages=messages, response_format=format_)
+    assert answer.choices[0].finish_reason == "stop"
+    person = json.loads(answer.choices[0].message.content)
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+    chunks = list(client.chat.completions.create(model=model, messages=messages, response_format=format_,
+                                                 stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(streamed) == person
+
+    loose = client.chat.completions.create(model=model, messages=messages,
+                                           response_format={"type": "json_object"})
+    assert isinstance(json.loads(loose.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_images_are_read_and_counted_as_input(gateway, big, model):
+    client = gateway.client(big[1]["key"])
+    text = {"type": "text", "text": "What is in this picture?"}
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}
+    without = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [text]}])
+    with_image = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [text, image]}])
+    assert with_image.choices[0].message.content
+    assert with_image.usage.prompt_tokens > without.usage.prompt_tokens
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": [
+            text, {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{PIXEL}"}}]}])
+    assert "not a image/jpeg image" in bad.value.message
+
+
+def test_what_a_provider_cannot_do_is_a_clear_400(gateway, big):
+    client = gateway.client(big[1]["key"])
+    address = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(openai.BadRequestError) as gemini:
+        client.chat.completions.create(model="gemini-1.5-flash", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"}, address]}])
+    assert gemini.value.body["param"] == "image_url"
+    with pytest.raises(openai.BadRequestError) as claude:
+        client.chat.completions.create(model="claude-3-haiku", messages=[{"role": "user", "content": "Hi"}],
+                                       tools=[WEATHER], response_format={"type": "json_object"})
+    assert claude.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "call_x", "content": "42"}])
+    assert "no earlier assistant message made the call" in unknown.value.message

@@ -377,7 +377,7 @@ async fn bad_input_gets_a_clear_json_error() {
         (br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}"#.to_vec(), "application/json", StatusCode::BAD_REQUEST, "max_tokens 100000 exceeds the maximum of 8192"),
         (br#"{"messages": [{"role": "user", "content": "hi"}]}"#.to_vec(), "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"),
         ([0xff, 0xfe, 0x00].to_vec(), "application/json", StatusCode::BAD_REQUEST, "Invalid JSON"),
-        (vec![b' '; 2 * 1024 * 1024], "application/json", StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than 1048576 bytes"),
+        (vec![b' '; 7 * 1024 * 1024], "application/json", StatusCode::PAYLOAD_TOO_LARGE, "Request body is larger than 6291456 bytes"),
     ];
     for (body, content_type, status, detail) in cases {
         let (got_status, got_detail) = raw(body, content_type).await;

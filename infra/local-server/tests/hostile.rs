@@ -329,7 +329,7 @@ async fn slow_and_lying_clients_are_shown_the_door(gw: &Gateway) {
     // A body announced over the limit is refused before a byte of it is read.
     let answer = raw(
         &gw.base,
-        "POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+        "POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7000000\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");

@@ -12,8 +12,9 @@ use crate::ids::OrgId;
 use crate::state::AppState;
 use crate::store::{Membership, Party};
 
-/// The largest body any endpoint accepts.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest body any endpoint accepts: Lambda's own limit on a request, room for a chat with
+/// a few inline images.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 fn body_bytes(request: &Request) -> Result<&[u8], RequestError> {
     let bytes: &[u8] = request.body().as_ref();

@@ -19,8 +19,8 @@ use super::extract::principal;
 use super::{chat_input, respond, sse};
 use crate::error::GatewayError;
 use crate::limits;
-use crate::metered::{self, MeteredStream, StreamEnd, StreamSummary};
-use crate::providers::FinishReason;
+use crate::metered::{self, MeteredStream, Piece, StreamEnd, StreamSummary};
+use crate::providers::{FinishReason, ToolCallDelta};
 use crate::state::AppState;
 
 /// Every response of the stream endpoint, errors included: a body Lambda can stream.
@@ -98,6 +98,10 @@ pub(crate) trait Framing: Send + 'static {
     }
     /// One piece of the answer's text.
     fn text(&mut self, text: &str) -> Bytes;
+    /// One piece of a tool call; nothing where the client cannot ask for tools.
+    fn tool_call(&mut self, _call: &ToolCallDelta) -> Option<Bytes> {
+        None
+    }
     /// What ends the stream once it is settled: an error if it was cut, the usage, the end.
     fn closing(&mut self, summary: &StreamSummary) -> Vec<Bytes>;
 }
@@ -189,17 +193,22 @@ async fn pump(
             }
         }
         loop {
-            let text = tokio::select! {
+            let piece = tokio::select! {
                 _ = sender.closed() => break 'read StreamEnd::ClientGone,
                 () = &mut cut_at => break 'read StreamEnd::OutOfTime,
-                text = stream.next_text() => text,
+                piece = stream.next_piece() => piece,
             };
-            let Some(text) = text else {
-                break 'read StreamEnd::Drained;
+            let frame = match piece {
+                None => break 'read StreamEnd::Drained,
+                Some(Piece::Text(text)) => framing.text(&text),
+                Some(Piece::ToolCall(call)) => match framing.tool_call(&call) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
             };
             // A client that stops reading fills the channel; the deadline still holds.
             let sent = tokio::select! {
-                sent = sender.send(framing.text(&text)) => sent.is_ok(),
+                sent = sender.send(frame) => sent.is_ok(),
                 () = &mut cut_at => break 'read StreamEnd::OutOfTime,
             };
             if !sent {

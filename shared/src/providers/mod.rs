@@ -2,8 +2,10 @@
 //! mapping them to the gateway's one internal request and response.
 
 pub mod anthropic;
+pub mod content;
 pub mod gemini;
 pub mod openai;
+pub mod schema;
 pub mod sse;
 
 use std::collections::VecDeque;
@@ -21,19 +23,10 @@ use crate::catalog::ProviderKind;
 use crate::config::{Endpoint, ProviderSettings};
 use crate::secret::Secret;
 
-/// Who said a message. System prompts travel separately in [`ChatRequest::system`], because two of
-/// the three providers take them outside the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Speaker {
-    User,
-    Assistant,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Turn {
-    pub speaker: Speaker,
-    pub text: String,
-}
+pub use content::{
+    new_call_id, Image, ImageSource, Part, ResponseFormat, Speaker, Tool, ToolCall, ToolCallDelta,
+    ToolChoice, ToolResult, Tooling, Turn, IMAGE_TYPES,
+};
 
 /// A chat request as the adapters receive it: validated, with the upstream model id.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +37,8 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub sampling: Sampling,
+    pub tooling: Tooling,
+    pub format: ResponseFormat,
 }
 
 /// The rarer generation options, as OpenAI's API names them. Each adapter maps them to its
@@ -106,6 +101,8 @@ impl Serialize for FinishReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatResponse {
     pub text: String,
+    /// The calls of the request's tools the model made, in order.
+    pub tool_calls: Vec<ToolCall>,
     pub finish_reason: FinishReason,
     pub usage: Usage,
 }
@@ -207,6 +204,8 @@ fn retry_after(headers: &http::HeaderMap) -> Option<std::time::Duration> {
 pub enum StreamEvent {
     /// Text to pass on, as it came.
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
     /// The usage known so far, whole (later events supersede earlier ones).
     Usage(Usage),
     Finish(FinishReason),
@@ -518,13 +517,12 @@ pub(crate) fn brief_hi(upstream_model: &str, temperature: Option<f32>) -> ChatRe
     ChatRequest {
         upstream_model: upstream_model.into(),
         system: Some("Be brief.".into()),
-        turns: vec![Turn {
-            speaker: Speaker::User,
-            text: "Hi".into(),
-        }],
+        turns: vec![Turn::text(Speaker::User, "Hi")],
         max_tokens: 100,
         temperature,
         sampling: Sampling::default(),
+        tooling: Tooling::default(),
+        format: ResponseFormat::default(),
     }
 }
 
@@ -537,6 +535,65 @@ pub(crate) fn sampled(upstream_model: &str, seed: Option<i64>) -> ChatRequest {
             stop: vec!["END".into()],
             seed,
             user: Some("u-1".into()),
+        },
+        ..brief_hi(upstream_model, None)
+    }
+}
+
+/// A conversation with a tool round trip and an image for the adapters' wire-format tests: the
+/// user asks with a picture, the assistant called `weather` (id `call 1`, signed `sig-1`), the
+/// tool answered `18C`; `weather` is offered, forced, one call at a time.
+#[cfg(test)]
+pub(crate) fn tool_round_trip(upstream_model: &str) -> ChatRequest {
+    let call = ToolCall {
+        id: "call 1".into(),
+        name: "weather".into(),
+        arguments: r#"{"city":"Paris"}"#.into(),
+        signature: Some("sig-1".into()),
+    };
+    let turns = vec![
+        Turn {
+            speaker: Speaker::User,
+            parts: vec![
+                Part::Text("Weather here?".into()),
+                Part::Image(Image {
+                    source: ImageSource::Inline {
+                        media_type: "image/png".into(),
+                        data: "iVBORw0K".into(),
+                    },
+                    detail: Some("low".into()),
+                }),
+            ],
+        },
+        Turn {
+            speaker: Speaker::Assistant,
+            parts: vec![Part::ToolCall(call)],
+        },
+        Turn {
+            speaker: Speaker::User,
+            parts: vec![Part::ToolResult(ToolResult {
+                call_id: "call 1".into(),
+                name: "weather".into(),
+                content: "18C".into(),
+            })],
+        },
+    ];
+    ChatRequest {
+        turns,
+        tooling: Tooling {
+            tools: vec![Tool {
+                name: "weather".into(),
+                description: Some("The weather".into()),
+                parameters: serde_json::json!({
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                    "additionalProperties": false
+                }),
+                strict: Some(true),
+            }],
+            choice: Some(ToolChoice::Named("weather".into())),
+            parallel: Some(false),
         },
         ..brief_hi(upstream_model, None)
     }

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::sse::SseEvent;
 use super::{
-    ChatProvider, ChatRequest, ChatResponse, ChatStream, FinishReason, ProviderError,
-    ProviderErrorKind, Speaker, StreamEvent, StreamParser, Upstream, Usage,
+    ChatProvider, ChatRequest, ChatResponse, ChatStream, FinishReason, Image, ImageSource, Part,
+    ProviderError, ProviderErrorKind, ResponseFormat, Speaker, StreamEvent, StreamParser, ToolCall,
+    ToolCallDelta, ToolChoice, Turn, Upstream, Usage,
 };
 use crate::catalog::ProviderKind;
 
@@ -36,6 +37,14 @@ struct RequestBody<'a> {
     seed: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<serde_json::Value>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -65,6 +74,21 @@ struct ChunkChoice {
 struct ChunkDelta {
     content: Option<String>,
     refusal: Option<String>,
+    tool_calls: Option<Vec<DeltaCall>>,
+}
+
+/// A piece of a streamed tool call: id and name on the first piece of each call.
+#[derive(Debug, Deserialize)]
+struct DeltaCall {
+    index: u32,
+    id: Option<String>,
+    function: Option<DeltaFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeltaFunction {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 /// Chunks until `data: [DONE]`; usage arrives in the last chunk, with no choices.
@@ -93,6 +117,18 @@ impl StreamParser for Parser {
                     events.push(StreamEvent::Delta(text));
                 }
             }
+            for call in choice.delta.tool_calls.unwrap_or_default() {
+                let (name, arguments) = call
+                    .function
+                    .map_or((None, None), |f| (f.name, f.arguments));
+                events.push(StreamEvent::ToolCall(ToolCallDelta {
+                    index: call.index,
+                    id: call.id,
+                    name,
+                    arguments: arguments.unwrap_or_default(),
+                    signature: None,
+                }));
+            }
             if let Some(reason) = choice.finish_reason {
                 events.push(StreamEvent::Finish(finish_reason(Some(&reason))));
             }
@@ -111,7 +147,32 @@ impl StreamParser for Parser {
 #[derive(Debug, Serialize)]
 struct WireMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    /// Absent on an assistant message that only calls tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<WireContent<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(&'a str),
+    Joined(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+impl<'a> WireMessage<'a> {
+    fn new(role: &'static str, content: WireContent<'a>) -> WireMessage<'a> {
+        WireMessage {
+            role,
+            content: Some(content),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +191,20 @@ struct Choice {
 struct ChoiceMessage {
     content: Option<String>,
     refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireCall>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    arguments: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,18 +240,12 @@ fn error_message(body: &serde_json::Value) -> Option<String> {
 fn request_body(request: &ChatRequest) -> RequestBody<'_> {
     let mut messages = Vec::with_capacity(request.turns.len() + 1);
     if let Some(system) = &request.system {
-        messages.push(WireMessage {
-            role: "system",
-            content: system,
-        });
+        messages.push(WireMessage::new("system", WireContent::Text(system)));
     }
-    messages.extend(request.turns.iter().map(|turn| WireMessage {
-        role: match turn.speaker {
-            Speaker::User => "user",
-            Speaker::Assistant => "assistant",
-        },
-        content: &turn.text,
-    }));
+    for turn in &request.turns {
+        push_turn(&mut messages, turn);
+    }
+    let tooling = &request.tooling;
     RequestBody {
         model: &request.upstream_model,
         messages,
@@ -186,8 +255,119 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         stop: &request.sampling.stop,
         seed: request.sampling.seed,
         user: request.sampling.user.as_deref(),
+        tools: tooling.tools.iter().map(wire_tool).collect(),
+        tool_choice: tooling.choice.as_ref().map(wire_tool_choice),
+        parallel_tool_calls: tooling.parallel.filter(|_| tooling.offered()),
+        response_format: wire_format(&request.format),
         stream: false,
         stream_options: None,
+    }
+}
+
+/// A turn as OpenAI's messages: tool results each a `tool` message, the rest one message.
+fn push_turn<'a>(messages: &mut Vec<WireMessage<'a>>, turn: &'a Turn) {
+    if let Some(text) = turn.only_text() {
+        let role = match turn.speaker {
+            Speaker::User => "user",
+            Speaker::Assistant => "assistant",
+        };
+        return messages.push(WireMessage::new(role, WireContent::Text(text)));
+    }
+    if turn.speaker == Speaker::Assistant {
+        let text = turn.joined_text();
+        let calls = turn.parts.iter().filter_map(|part| match part {
+            Part::ToolCall(call) => Some(wire_call(call)),
+            _ => None,
+        });
+        return messages.push(WireMessage {
+            role: "assistant",
+            content: (!text.is_empty()).then_some(WireContent::Joined(text)),
+            tool_calls: calls.collect(),
+            tool_call_id: None,
+        });
+    }
+    let mut parts = Vec::new();
+    for part in &turn.parts {
+        match part {
+            Part::ToolResult(result) => messages.push(WireMessage {
+                tool_call_id: Some(&result.call_id),
+                ..WireMessage::new("tool", WireContent::Text(&result.content))
+            }),
+            Part::Text(text) => parts.push(text_part(text)),
+            Part::Image(image) => parts.push(image_part(image)),
+            Part::ToolCall(_) => {}
+        }
+    }
+    if !parts.is_empty() {
+        messages.push(WireMessage::new("user", WireContent::Parts(parts)));
+    }
+}
+
+fn text_part(text: &str) -> serde_json::Value {
+    serde_json::json!({"type": "text", "text": text})
+}
+
+fn image_part(image: &Image) -> serde_json::Value {
+    let url = match &image.source {
+        ImageSource::Inline { media_type, data } => format!("data:{media_type};base64,{data}"),
+        ImageSource::Url(url) => url.clone(),
+    };
+    let mut part = serde_json::json!({"type": "image_url", "image_url": {"url": url}});
+    if let Some(detail) = &image.detail {
+        part["image_url"]["detail"] = detail.as_str().into();
+    }
+    part
+}
+
+fn wire_call(call: &ToolCall) -> serde_json::Value {
+    serde_json::json!({
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    })
+}
+
+fn wire_tool(tool: &super::Tool) -> serde_json::Value {
+    let mut function = serde_json::json!({"name": tool.name, "parameters": tool.parameters});
+    if let Some(description) = &tool.description {
+        function["description"] = description.as_str().into();
+    }
+    if let Some(strict) = tool.strict {
+        function["strict"] = strict.into();
+    }
+    serde_json::json!({"type": "function", "function": function})
+}
+
+fn wire_tool_choice(choice: &ToolChoice) -> serde_json::Value {
+    match choice {
+        ToolChoice::Auto => "auto".into(),
+        ToolChoice::None => "none".into(),
+        ToolChoice::Required => "required".into(),
+        ToolChoice::Named(name) => {
+            serde_json::json!({"type": "function", "function": {"name": name}})
+        }
+    }
+}
+
+fn wire_format(format: &ResponseFormat) -> Option<serde_json::Value> {
+    match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(serde_json::json!({"type": "json_object"})),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut spec = serde_json::json!({"name": name, "schema": schema});
+            if let Some(description) = description {
+                spec["description"] = description.as_str().into();
+            }
+            if let Some(strict) = strict {
+                spec["strict"] = (*strict).into();
+            }
+            Some(serde_json::json!({"type": "json_schema", "json_schema": spec}))
+        }
     }
 }
 
@@ -217,13 +397,28 @@ impl ChatProvider for OpenAi {
             ))
         })?;
         let reason = finish_reason(choice.finish_reason.as_deref());
-        let text = match (choice.message.content, choice.message.refusal) {
+        let ChoiceMessage {
+            content,
+            refusal,
+            tool_calls,
+        } = choice.message;
+        let text = match (content, refusal) {
             (Some(text), _) => text,
             (None, Some(refusal)) => refusal,
             (None, None) => String::new(),
         };
+        let tool_calls = tool_calls
+            .into_iter()
+            .map(|call| ToolCall {
+                id: call.id,
+                name: call.function.name,
+                arguments: call.function.arguments,
+                signature: None,
+            })
+            .collect();
         Ok(ChatResponse {
             text,
+            tool_calls,
             finish_reason: reason,
             usage: usage.into(),
         })
@@ -275,6 +470,58 @@ mod tests {
                 "max_completion_tokens": 100,
                 "stream": false
             })
+        );
+    }
+
+    #[test]
+    fn tools_images_and_results_keep_openais_shapes() {
+        let mut request = crate::providers::tool_round_trip("gpt-4o-mini");
+        request.format = ResponseFormat::JsonObject;
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        assert_eq!(
+            json["messages"],
+            serde_json::json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Weather here?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K", "detail": "low"}}
+                ]},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "call 1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "content": "18C", "tool_call_id": "call 1"}
+            ])
+        );
+        assert_eq!(json["tools"][0]["function"]["strict"], true);
+        assert_eq!(
+            json["tool_choice"],
+            serde_json::json!({"type": "function", "function": {"name": "weather"}})
+        );
+        assert_eq!(json["parallel_tool_calls"], false);
+        assert_eq!(
+            json["response_format"],
+            serde_json::json!({"type": "json_object"})
+        );
+    }
+
+    #[test]
+    fn streamed_tool_calls_keep_their_index() {
+        let mut parser = Parser::default();
+        let events = parser
+            .parse(SseEvent {
+                event: None,
+                data: r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"time","arguments":""}}]},"finish_reason":null}]}"#.into(),
+            })
+            .expect("parses");
+        assert_eq!(
+            events,
+            [StreamEvent::ToolCall(ToolCallDelta {
+                index: 1,
+                id: Some("call_b".into()),
+                name: Some("time".into()),
+                arguments: String::new(),
+                signature: None,
+            })]
         );
     }
 

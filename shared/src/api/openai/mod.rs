@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use lambda_http::Request;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::extract::{json_body, principal, principal_org};
@@ -17,18 +17,19 @@ use super::respond::{self, HttpResponse};
 use super::stream::{event_stream, plain, stream_deadline, Framing, StreamingResponse};
 use super::{sse, HandlerResult};
 use crate::catalog::Model;
-use crate::chat::{self, ChatBody, ChatInput, InputMessage};
 use crate::error::{AuthError, GatewayError, LimitError, PlanError, RequestError};
 use crate::limits::{RateStatus, TokenStatus};
 use crate::metered::{self, StreamSummary};
-use crate::providers::{ChatResponse, FinishReason, ProviderErrorKind, Usage};
+use crate::providers::{
+    ChatResponse, FinishReason, ProviderErrorKind, ToolCall, ToolCallDelta, Usage,
+};
 use crate::state::AppState;
+use request::{wire_call_id, CompletionBody};
+
+mod request;
 
 pub const COMPLETIONS_PATH: &str = "/v1/chat/completions";
 pub const MODELS_PATH: &str = "/v1/models";
-
-/// The most stop sequences a request may give, as OpenAI allows.
-const MAX_STOP: usize = 4;
 
 /// `POST /v1/chat/completions`, streamed when the body asks for it.
 pub async fn chat_completions(
@@ -91,240 +92,6 @@ async fn complete(state: &AppState, request: &Request) -> Result<StreamingRespon
     }
 }
 
-/// The body of `POST /v1/chat/completions`. Fields the gateway does not know are ignored, as
-/// OpenAI's API does for newer clients; fields it knows but cannot honour are refused by name.
-#[derive(Debug, Deserialize)]
-struct CompletionBody {
-    model: Option<String>,
-    messages: Vec<WireMessage>,
-    max_tokens: Option<i64>,
-    max_completion_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    stop: Option<Stop>,
-    seed: Option<i64>,
-    user: Option<String>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    n: Option<i64>,
-    logprobs: Option<bool>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
-    /// Known to OpenAI's API and not honoured here: refused when given a value.
-    #[serde(flatten)]
-    unsupported: Unsupported,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Unsupported {
-    top_logprobs: Option<Value>,
-    logit_bias: Option<Value>,
-    tools: Option<Value>,
-    tool_choice: Option<Value>,
-    functions: Option<Value>,
-    function_call: Option<Value>,
-    response_format: Option<Value>,
-    audio: Option<Value>,
-    modalities: Option<Value>,
-    prediction: Option<Value>,
-    reasoning_effort: Option<Value>,
-    web_search_options: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireMessage {
-    role: String,
-    content: Option<Content>,
-    tool_calls: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-fn invalid(text: String) -> GatewayError {
-    RequestError::InvalidField(text).into()
-}
-
-impl Unsupported {
-    /// The first field given a value this gateway cannot honour.
-    fn first(&self) -> Option<&'static str> {
-        let given = |value: &Option<Value>| match value {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(map)) => !map.is_empty(),
-            Some(Value::Array(list)) => !list.is_empty(),
-            Some(_) => true,
-        };
-        let plain_text = |value: &Option<Value>| match value {
-            Some(Value::Object(format)) => format.get("type") == Some(&Value::from("text")),
-            Some(Value::String(choice)) => choice == "none",
-            _ => false,
-        };
-        let only_text =
-            matches!(&self.modalities, Some(Value::Array(m)) if m == &[Value::from("text")]);
-        [
-            ("top_logprobs", given(&self.top_logprobs)),
-            ("logit_bias", given(&self.logit_bias)),
-            ("tools", given(&self.tools)),
-            (
-                "tool_choice",
-                given(&self.tool_choice) && !plain_text(&self.tool_choice),
-            ),
-            ("functions", given(&self.functions)),
-            ("function_call", given(&self.function_call)),
-            (
-                "response_format",
-                given(&self.response_format) && !plain_text(&self.response_format),
-            ),
-            ("audio", given(&self.audio)),
-            ("modalities", given(&self.modalities) && !only_text),
-            ("prediction", given(&self.prediction)),
-            ("reasoning_effort", given(&self.reasoning_effort)),
-            ("web_search_options", given(&self.web_search_options)),
-        ]
-        .into_iter()
-        .find_map(|(field, refused)| refused.then_some(field))
-    }
-}
-
-impl CompletionBody {
-    /// The request, and whether to stream it (with the usage chunk or not).
-    fn into_input(self) -> Result<(ChatInput, Option<bool>), GatewayError> {
-        self.refuse_what_cannot_be_honoured()?;
-        let top_p = match self.top_p {
-            Some(p) if !(0.0..=1.0).contains(&p) => {
-                return Err(invalid(format!("top_p: must be between 0 and 1, got {p}")))
-            }
-            p => p.map(|p| p as f32),
-        };
-        let stop = match self.stop {
-            None => Vec::new(),
-            Some(Stop::One(one)) => vec![one],
-            Some(Stop::Many(many)) => many,
-        };
-        if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
-            return Err(invalid(format!(
-                "stop: must be up to {MAX_STOP} non-empty sequences"
-            )));
-        }
-        let mut messages = Vec::with_capacity(self.messages.len());
-        for (i, message) in self.messages.into_iter().enumerate() {
-            messages.push(message.into_input(i)?);
-        }
-        let mut input = chat::validate(ChatBody {
-            messages,
-            model: self.model,
-            temperature: self.temperature,
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
-            stream: None,
-        })?;
-        input.sampling.top_p = top_p;
-        input.sampling.stop = stop;
-        input.sampling.seed = self.seed;
-        input.sampling.user = self.user.filter(|u| !u.is_empty());
-        let stream = (self.stream == Some(true)).then(|| {
-            self.stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false)
-        });
-        Ok((input, stream))
-    }
-
-    fn refuse_what_cannot_be_honoured(&self) -> Result<(), GatewayError> {
-        let refuse = |field: &str, why: &str| Err(invalid(format!("{field}: {why}")));
-        if self.n.is_some_and(|n| n != 1) {
-            return refuse("n", "only one choice per request is supported");
-        }
-        if self.logprobs == Some(true) {
-            return refuse("logprobs", "log probabilities are not supported");
-        }
-        for (field, value) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return refuse(field, "penalties are not supported");
-            }
-        }
-        match self.unsupported.first() {
-            Some(field) => refuse(field, "is not supported by this gateway"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl WireMessage {
-    /// The message as the gateway's chat takes it: `developer` is a system message, and text
-    /// parts are joined.
-    fn into_input(self, i: usize) -> Result<InputMessage, GatewayError> {
-        let role = match self.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
-            "tool" | "function" => {
-                return Err(invalid(format!(
-                    "messages[{i}].role: {} messages are not supported by this gateway",
-                    self.role
-                )))
-            }
-            other => {
-                return Err(invalid(format!(
-                    "messages[{i}].role: unknown role {other:?}; expected system, developer, user or assistant"
-                )))
-            }
-        };
-        if self.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
-            return Err(invalid(format!(
-                "messages[{i}].tool_calls: tool calls are not supported by this gateway"
-            )));
-        }
-        let content = match self.content {
-            None => String::new(),
-            Some(Content::Text(text)) => text,
-            Some(Content::Parts(parts)) => {
-                let mut texts = Vec::with_capacity(parts.len());
-                for (j, part) in parts.into_iter().enumerate() {
-                    match (part.kind.as_str(), part.text) {
-                        ("text", Some(text)) => texts.push(text),
-                        (kind, _) => {
-                            return Err(invalid(format!(
-                                "messages[{i}].content[{j}]: {kind:?} parts are not supported by this gateway"
-                            )))
-                        }
-                    }
-                }
-                texts.join("\n")
-            }
-        };
-        Ok(InputMessage {
-            role: role.to_owned(),
-            content,
-        })
-    }
-}
-
 /// What every piece of one answer carries.
 struct Answer {
     id: String,
@@ -353,8 +120,38 @@ struct Choice {
 #[derive(Debug, Serialize)]
 struct AnswerMessage {
     role: &'static str,
-    content: String,
+    /// `null` when the answer is only tool calls, as OpenAI's is.
+    content: Option<String>,
     refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireCall>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireCall {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction,
+}
+
+#[derive(Debug, Serialize)]
+struct WireFunction {
+    name: String,
+    arguments: String,
+}
+
+impl From<ToolCall> for WireCall {
+    fn from(call: ToolCall) -> WireCall {
+        WireCall {
+            id: wire_call_id(&call.id, call.signature.as_deref()),
+            kind: "function",
+            function: WireFunction {
+                name: call.name,
+                arguments: call.arguments,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -395,8 +192,14 @@ impl Answer {
                 index: 0,
                 message: AnswerMessage {
                     role: "assistant",
-                    content: response.text,
+                    content: (!response.text.is_empty() || response.tool_calls.is_empty())
+                        .then_some(response.text),
                     refusal: None,
+                    tool_calls: response
+                        .tool_calls
+                        .into_iter()
+                        .map(WireCall::from)
+                        .collect(),
                 },
                 logprobs: None,
                 finish_reason: finish_reason(&response.finish_reason),
@@ -450,6 +253,26 @@ impl Framing for Chunks {
     fn text(&mut self, text: &str) -> Bytes {
         self.answer
             .delta(serde_json::json!({ "content": text }), None)
+    }
+
+    /// OpenAI's shape: the call's id, type and name on its first piece, with the arguments so
+    /// far; only more arguments on the next ones.
+    fn tool_call(&mut self, call: &ToolCallDelta) -> Option<Bytes> {
+        let mut piece = serde_json::json!({
+            "index": call.index,
+            "function": {"arguments": call.arguments},
+        });
+        if let Some(id) = &call.id {
+            piece["id"] = wire_call_id(id, call.signature.as_deref()).into();
+            piece["type"] = "function".into();
+        }
+        if let Some(name) = &call.name {
+            piece["function"]["name"] = name.as_str().into();
+        }
+        Some(
+            self.answer
+                .delta(serde_json::json!({ "tool_calls": [piece] }), None),
+        )
     }
 
     fn closing(&mut self, summary: &StreamSummary) -> Vec<Bytes> {
@@ -728,62 +551,6 @@ async fn models_inner(state: &AppState, request: &Request) -> Result<HttpRespons
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body(json: Value) -> Result<(ChatInput, Option<bool>), GatewayError> {
-        serde_json::from_value::<CompletionBody>(json)
-            .expect("body")
-            .into_input()
-    }
-
-    #[test]
-    fn openai_requests_become_chats() {
-        let (input, stream) = body(serde_json::json!({
-            "model": "gpt-4o-mini",
-            "messages": [
-                {"role": "developer", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}
-            ],
-            "max_completion_tokens": 50, "max_tokens": 10, "top_p": 0.5, "stop": "END", "seed": 7,
-            "user": "u-1", "stream": true, "stream_options": {"include_usage": true},
-            "n": 1, "logprobs": false, "tool_choice": "none", "response_format": {"type": "text"},
-            "something_new": {"a": 1}
-        }))
-        .expect("valid");
-        assert_eq!(stream, Some(true));
-        assert_eq!(input.system.as_deref(), Some("Be brief."));
-        assert_eq!(input.turns[0].text, "Hi\nthere");
-        assert_eq!(input.max_tokens, Some(50));
-        assert_eq!(input.sampling.top_p, Some(0.5));
-        assert_eq!(input.sampling.stop, vec!["END".to_owned()]);
-        assert_eq!(input.sampling.seed, Some(7));
-        assert_eq!(input.sampling.user.as_deref(), Some("u-1"));
-    }
-
-    #[test]
-    fn fields_that_cannot_be_honoured_are_refused_by_name() {
-        for (field, value) in [
-            ("n", serde_json::json!(2)),
-            ("logprobs", serde_json::json!(true)),
-            ("presence_penalty", serde_json::json!(0.5)),
-            (
-                "tools",
-                serde_json::json!([{"type": "function", "function": {"name": "f"}}]),
-            ),
-            (
-                "response_format",
-                serde_json::json!({"type": "json_object"}),
-            ),
-            ("top_p", serde_json::json!(1.5)),
-            ("stop", serde_json::json!(["a", "b", "c", "d", "e"])),
-        ] {
-            let mut json = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}]});
-            json[field] = value;
-            let err = body(json).expect_err(field);
-            let (status, _, param, _) = classify(&err);
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{field}");
-            assert_eq!(param.as_deref(), Some(field), "{err}");
-        }
-    }
 
     #[test]
     fn reset_durations_read_as_openai_writes_them() {
