@@ -53,6 +53,11 @@ impl ProviderKind {
         !matches!(self, ProviderKind::Google)
     }
 
+    /// Whether the provider reads inline images of this type (Gemini reads no GIFs).
+    pub fn reads_image_type(self, media_type: &str) -> bool {
+        !(self == ProviderKind::Google && media_type == "image/gif")
+    }
+
     /// Whether the provider can offer tools and answer in JSON in one request: OpenAI only;
     /// Anthropic's JSON answers are a forced tool call, and Gemini refuses function calling with
     /// a JSON response type.

@@ -197,15 +197,18 @@ pub fn input(
 }
 
 /// The first field of `input` that `model`'s provider cannot honour, if any: a `seed` on
-/// Anthropic, an image by address on Gemini, tools with a JSON answer anywhere but OpenAI.
+/// Anthropic, an image by address or a GIF on Gemini, tools with a JSON answer anywhere but
+/// OpenAI.
 fn unsupported(model: &Model, asks: &Asks<'_>) -> Option<&'static str> {
     let provider = model.provider;
     if asks.seed && provider == ProviderKind::Anthropic {
         return Some("seed");
     }
-    if !provider.fetches_image_urls()
-        && images(asks.turns).any(|i| matches!(i.source, ImageSource::Url(_)))
-    {
+    let refused = |image: &Image| match &image.source {
+        ImageSource::Url(_) => !provider.fetches_image_urls(),
+        ImageSource::Inline { media_type, .. } => !provider.reads_image_type(media_type),
+    };
+    if images(asks.turns).any(refused) {
         return Some("image_url");
     }
     if asks.tools_and_json && !provider.tools_with_json() {

@@ -64,9 +64,23 @@ pub struct Ticket {
     pub tokens: Option<TokenStatus>,
 }
 
+/// What a provider adds to the input when tools are offered or a JSON answer is asked for: the
+/// system prompt Anthropic writes about tool use (up to 346 tokens on its models, and a JSON answer
+/// is a forced tool there), with room.
+const TOOL_PROMPT_TOKENS: u64 = 400;
+
+/// A schema's size as a token bound: as sent, or as Gemini receives it (`$ref`s inlined), the
+/// larger, since a fallback may take the request to Gemini.
+fn schema_bytes(schema: &serde_json::Value) -> usize {
+    let sent = schema.to_string().len();
+    let inlined = crate::providers::schema::gemini(schema).to_string().len();
+    sent.max(inlined)
+}
+
 /// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes, so
-/// text (of messages, tool calls, tool results, the tools' definitions and the answer's schema)
-/// counts a token a byte; each image counts as the most one costs on the model's provider.
+/// text (of messages, tool calls and their signatures, tool results, the tools' definitions and
+/// the answer's schema) counts a token a byte; each image counts as the most one costs on the
+/// model's provider; tools and JSON answers add [`TOOL_PROMPT_TOKENS`].
 pub fn input_upper_bound(chat: &PreparedChat) -> u64 {
     let request = &chat.request;
     let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -77,7 +91,9 @@ pub fn input_upper_bound(chat: &PreparedChat) -> u64 {
             let tokens = match part {
                 Part::Text(text) => len(text.len()),
                 Part::Image(_) => chat.image_tokens,
-                Part::ToolCall(call) => len(call.name.len() + call.arguments.len()),
+                Part::ToolCall(call) => len(call.name.len()
+                    + call.arguments.len()
+                    + call.signature.as_ref().map_or(0, String::len)),
                 Part::ToolResult(result) => len(result.content.len()),
             };
             bound = bound.saturating_add(tokens);
@@ -86,13 +102,16 @@ pub fn input_upper_bound(chat: &PreparedChat) -> u64 {
         }
     }
     for tool in &request.tooling.tools {
-        let definition = tool.parameters.to_string().len() + tool.name.len();
+        let definition = schema_bytes(&tool.parameters) + tool.name.len();
         let description = tool.description.as_ref().map_or(0, String::len);
         bound = bound.saturating_add(len(definition + description));
         messages = messages.saturating_add(1);
     }
     if let ResponseFormat::JsonSchema { schema, .. } = &request.format {
-        bound = bound.saturating_add(len(schema.to_string().len()));
+        bound = bound.saturating_add(len(schema_bytes(schema)));
+    }
+    if request.tooling.offered() || request.format.is_json() {
+        bound = bound.saturating_add(TOOL_PROMPT_TOKENS);
     }
     bound.saturating_add(TOKENS_PER_MESSAGE.saturating_mul(messages))
 }

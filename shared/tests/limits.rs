@@ -78,9 +78,10 @@ fn the_input_bound_counts_images_at_their_most_and_tools_a_token_a_byte() {
         strict: None,
     });
     let tool = parameters.to_string().len() + 1 + 4;
+    // Offering tools adds what Anthropic says about them in its own system prompt.
     assert_eq!(
         limits::input_upper_bound(&pictured),
-        100 + 4_128 + 8 + tool as u64 + 8
+        100 + 4_128 + 8 + tool as u64 + 8 + 400
     );
 }
 

@@ -467,3 +467,11 @@ def test_what_a_provider_cannot_do_is_a_clear_400(gateway, big):
         client.chat.completions.create(model="gpt-4o-mini", messages=[
             {"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "call_x", "content": "42"}])
     assert "no earlier assistant message made the call" in unknown.value.message
+
+
+def test_a_request_the_provider_refuses_as_invalid_is_a_400_not_retried(gateway, big):
+    client = gateway.client(big[1]["key"])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "[sim:status=400] Hi"}])
+    assert refused.value.body["code"] == "upstream_rejected"

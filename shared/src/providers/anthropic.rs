@@ -332,7 +332,7 @@ fn error_message(body: &serde_json::Value) -> Option<String> {
 }
 
 fn request_body(request: &ChatRequest) -> RequestBody<'_> {
-    let (tools, tool_choice) = match json_tool(&request.format) {
+    let (mut tools, mut tool_choice) = match json_tool(&request.format) {
         Some(tool) => (
             vec![tool],
             Some(serde_json::json!({"type": "tool", "name": JSON_TOOL})),
@@ -342,6 +342,23 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
             wire_tool_choice(&request.tooling),
         ),
     };
+    // Anthropic refuses a conversation with calls in it unless their tools are defined: tools
+    // called earlier and no longer offered are defined again, to be called no more.
+    let mut missing: Vec<&str> = called_tools(request)
+        .filter(|name| !request.tooling.tools.iter().any(|t| t.name == *name))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() && tools.is_empty() {
+        tool_choice = Some(serde_json::json!({"type": "none"}));
+    }
+    tools.extend(missing.into_iter().map(|name| {
+        serde_json::json!({
+            "name": name,
+            "description": "Called earlier in this conversation; not offered now.",
+            "input_schema": {"type": "object"},
+        })
+    }));
     RequestBody {
         model: &request.upstream_model,
         max_tokens: request.max_tokens,
@@ -361,6 +378,18 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         tool_choice,
         stream: false,
     }
+}
+
+/// The names of the tools the conversation's calls called.
+fn called_tools(request: &ChatRequest) -> impl Iterator<Item = &str> {
+    request
+        .turns
+        .iter()
+        .flat_map(|turn| &turn.parts)
+        .filter_map(|part| match part {
+            Part::ToolCall(call) => Some(call.name.as_str()),
+            _ => None,
+        })
 }
 
 fn wire_message(turn: &Turn) -> WireMessage<'_> {
@@ -598,6 +627,16 @@ mod tests {
             json["tool_choice"],
             serde_json::json!({"type": "tool", "name": "weather", "disable_parallel_tool_use": true})
         );
+    }
+
+    #[test]
+    fn tools_called_earlier_are_defined_again_and_not_offered() {
+        let mut request = crate::providers::tool_round_trip("claude-3-haiku-20240307");
+        request.tooling = Default::default();
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        assert_eq!(json["tools"][0]["name"], "weather");
+        assert_eq!(json["tools"].as_array().map(Vec::len), Some(1));
+        assert_eq!(json["tool_choice"], serde_json::json!({"type": "none"}));
     }
 
     #[test]

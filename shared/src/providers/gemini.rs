@@ -246,7 +246,6 @@ fn finish_reason(raw: Option<&str>) -> FinishReason {
         | Some("PROHIBITED_CONTENT")
         | Some("SPII")
         | Some("IMAGE_SAFETY") => FinishReason::ContentFilter,
-        Some("MALFORMED_FUNCTION_CALL") => FinishReason::ToolCalls,
         Some(other) => FinishReason::Other(other.to_ascii_lowercase()),
     }
 }
@@ -261,9 +260,11 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
     let (response_mime_type, response_schema) = match &request.format {
         ResponseFormat::Text => (None, None),
         ResponseFormat::JsonObject => (Some("application/json"), None),
-        ResponseFormat::JsonSchema { schema, .. } => {
-            (Some("application/json"), Some(schema::gemini(schema)))
-        }
+        // An object of any shape is all that an object schema without properties says.
+        ResponseFormat::JsonSchema { schema, .. } => (
+            Some("application/json"),
+            Some(schema::gemini(schema)).filter(|s| s.get("properties").is_some()),
+        ),
     };
     RequestBody {
         contents: request.turns.iter().map(content).collect(),

@@ -153,7 +153,7 @@ struct WireMessage<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<&'a str>,
+    tool_call_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -256,7 +256,12 @@ fn request_body(request: &ChatRequest) -> RequestBody<'_> {
         seed: request.sampling.seed,
         user: request.sampling.user.as_deref(),
         tools: tooling.tools.iter().map(wire_tool).collect(),
-        tool_choice: tooling.choice.as_ref().map(wire_tool_choice),
+        // OpenAI refuses a tool choice without tools.
+        tool_choice: tooling
+            .choice
+            .as_ref()
+            .filter(|_| tooling.offered())
+            .map(wire_tool_choice),
         parallel_tool_calls: tooling.parallel.filter(|_| tooling.offered()),
         response_format: wire_format(&request.format),
         stream: false,
@@ -290,7 +295,7 @@ fn push_turn<'a>(messages: &mut Vec<WireMessage<'a>>, turn: &'a Turn) {
     for part in &turn.parts {
         match part {
             Part::ToolResult(result) => messages.push(WireMessage {
-                tool_call_id: Some(&result.call_id),
+                tool_call_id: Some(call_id(&result.call_id)),
                 ..WireMessage::new("tool", WireContent::Text(&result.content))
             }),
             Part::Text(text) => parts.push(text_part(text)),
@@ -319,9 +324,24 @@ fn image_part(image: &Image) -> serde_json::Value {
     part
 }
 
+/// The longest tool-call id OpenAI accepts.
+const MAX_CALL_ID: usize = 40;
+
+/// A call id as OpenAI accepts it: ids made elsewhere that are longer than it allows are replaced
+/// by a digest of themselves, the same in the call and in its result.
+fn call_id(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.len() <= MAX_CALL_ID {
+        return id.into();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("call_{hex}").into()
+}
+
 fn wire_call(call: &ToolCall) -> serde_json::Value {
     serde_json::json!({
-        "id": call.id,
+        "id": call_id(&call.id),
         "type": "function",
         "function": {"name": call.name, "arguments": call.arguments},
     })
@@ -502,6 +522,25 @@ mod tests {
             json["response_format"],
             serde_json::json!({"type": "json_object"})
         );
+    }
+
+    #[test]
+    fn ids_longer_than_openai_takes_are_replaced_alike_in_call_and_result() {
+        let mut request = crate::providers::tool_round_trip("gpt-4o-mini");
+        let long = "x".repeat(41);
+        for part in request.turns.iter_mut().flat_map(|t| &mut t.parts) {
+            match part {
+                Part::ToolCall(call) => call.id = long.clone(),
+                Part::ToolResult(result) => result.call_id = long.clone(),
+                _ => {}
+            }
+        }
+        let json = serde_json::to_value(request_body(&request)).expect("json");
+        let id = &json["messages"][2]["tool_calls"][0]["id"];
+        assert_eq!(id, &json["messages"][3]["tool_call_id"]);
+        assert!(id
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_") && id.len() <= 40));
     }
 
     #[test]

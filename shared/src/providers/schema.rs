@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 /// How deep `$ref`s are followed: Gemini has no recursive schemas, so a recursive one is cut
 /// there, its deepest level a string (the model writes the rest as text).
 const MAX_DEPTH: u32 = 8;
+/// The most schema nodes one conversion writes: `$ref`s expand, and a small schema whose
+/// definitions refer to each other could otherwise expand into millions of nodes. Past it, the
+/// rest of the schema is a string.
+pub const MAX_NODES: usize = 2_000;
 
 /// The keywords kept as they are.
 const KEPT: [&str; 15] = [
@@ -29,23 +33,34 @@ const KEPT: [&str; 15] = [
     "example",
 ];
 
-/// `schema` in Gemini's subset. Never fails: what cannot be said is left out.
+/// `schema` in Gemini's subset. Never fails: what cannot be said is left out, and an object
+/// without properties below the top (a map) is a string, as Gemini refuses objects without
+/// properties.
+/// At the top such an object is left as it is: the caller leaves it out (a function without
+/// parameters, a JSON answer of any shape).
 pub fn gemini(schema: &Value) -> Value {
-    convert(schema, schema, 0)
+    let mut budget = MAX_NODES;
+    convert(schema, schema, 0, &mut budget)
 }
 
-fn convert(node: &Value, root: &Value, depth: u32) -> Value {
+/// A node Gemini takes for "anything": text.
+fn loose() -> Value {
+    serde_json::json!({ "type": "STRING" })
+}
+
+fn convert(node: &Value, root: &Value, depth: u32, budget: &mut usize) -> Value {
     let Some(map) = node.as_object() else {
         // `true` (anything) or a malformed node: the loosest thing Gemini can say.
-        return serde_json::json!({ "type": "STRING" });
+        return loose();
     };
-    if depth > MAX_DEPTH {
-        return serde_json::json!({ "type": "STRING" });
+    if depth > MAX_DEPTH || *budget == 0 {
+        return loose();
     }
+    *budget -= 1;
     if let Some(target) = map.get("$ref").and_then(Value::as_str) {
         let mut resolved = match resolve(root, target) {
-            Some(target) => convert(target, root, depth + 1),
-            None => serde_json::json!({ "type": "STRING" }),
+            Some(target) => convert(target, root, depth + 1, budget),
+            None => loose(),
         };
         if let (Some(out), Some(description)) = (resolved.as_object_mut(), map.get("description")) {
             out.insert("description".into(), description.clone());
@@ -67,8 +82,18 @@ fn convert(node: &Value, root: &Value, depth: u32) -> Value {
         }
     }
     convert_type(map, &mut out);
-    convert_composition(map, root, depth, &mut out);
-    convert_members(map, root, depth, &mut out);
+    convert_composition(map, root, depth, budget, &mut out);
+    convert_members(map, root, depth, budget, &mut out);
+    let open_object =
+        out.get("type") == Some(&Value::from("OBJECT")) && !out.contains_key("properties");
+    if open_object && depth > 0 {
+        // A map (`additionalProperties`) or an open object: Gemini refuses an object without
+        // properties, so the model writes it as JSON text.
+        out.insert("type".into(), Value::from("STRING"));
+        let said = out.get("description").and_then(Value::as_str).unwrap_or("");
+        let description = format!("{said} (a JSON object, as text)").trim().to_owned();
+        out.insert("description".into(), Value::from(description));
+    }
     Value::Object(out)
 }
 
@@ -122,6 +147,7 @@ fn convert_composition(
     map: &Map<String, Value>,
     root: &Value,
     depth: u32,
+    budget: &mut usize,
     out: &mut Map<String, Value>,
 ) {
     let Some(branches) = map
@@ -138,7 +164,7 @@ fn convert_composition(
     let kept: Vec<Value> = branches
         .iter()
         .filter(|b| !is_null(b))
-        .map(|b| convert(b, root, depth + 1))
+        .map(|b| convert(b, root, depth + 1, budget))
         .collect();
     match <[Value; 1]>::try_from(kept) {
         // One branch left (`T | null`): that branch itself.
@@ -161,12 +187,13 @@ fn convert_members(
     map: &Map<String, Value>,
     root: &Value,
     depth: u32,
+    budget: &mut usize,
     out: &mut Map<String, Value>,
 ) {
     if let Some(properties) = map.get("properties").and_then(Value::as_object) {
         let converted: Map<String, Value> = properties
             .iter()
-            .map(|(name, schema)| (name.clone(), convert(schema, root, depth + 1)))
+            .map(|(name, schema)| (name.clone(), convert(schema, root, depth + 1, budget)))
             .collect();
         if let Some(required) = map.get("required").and_then(Value::as_array) {
             let required: Vec<Value> = required
@@ -183,7 +210,7 @@ fn convert_members(
         }
     }
     if let Some(items) = map.get("items") {
-        out.insert("items".into(), convert(items, root, depth + 1));
+        out.insert("items".into(), convert(items, root, depth + 1, budget));
     }
 }
 
@@ -266,6 +293,29 @@ mod tests {
                 "required": ["city"]
             })
         );
+    }
+
+    #[test]
+    fn maps_are_text_and_expansion_is_bounded() {
+        let map = json!({"type": "object", "properties": {
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Labels"}
+        }});
+        assert_eq!(
+            gemini(&map)["properties"]["labels"],
+            json!({"type": "STRING", "description": "Labels (a JSON object, as text)"})
+        );
+        assert_eq!(
+            gemini(&json!({"type": "object"})),
+            json!({"type": "OBJECT"})
+        );
+        // Definitions that each refer to all the others, a hundred times over: a few kilobytes
+        // that would expand without end.
+        let properties: serde_json::Map<String, Value> = (0..100)
+            .map(|i| (format!("p{i}"), json!({"$ref": "#/$defs/N"})))
+            .collect();
+        let bomb = json!({"$defs": {"N": {"type": "object", "properties": properties}}, "$ref": "#/$defs/N"});
+        let converted = gemini(&bomb).to_string();
+        assert!(converted.len() < 200 * MAX_NODES, "{}", converted.len());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::error::{AuthError, GatewayError, LimitError, PlanError, RequestError}
 use crate::limits::{RateStatus, TokenStatus};
 use crate::metered::{self, StreamSummary};
 use crate::providers::{
-    ChatResponse, FinishReason, ProviderErrorKind, ToolCall, ToolCallDelta, Usage,
+    ChatResponse, FinishReason, ProviderError, ProviderErrorKind, ToolCall, ToolCallDelta, Usage,
 };
 use crate::state::AppState;
 use request::{wire_call_id, CompletionBody};
@@ -403,12 +403,34 @@ fn classify(
             None,
             Some("insufficient_quota"),
         ),
-        GatewayError::Provider(e) if e.kind == ProviderErrorKind::Timeout => {
-            (status, "api_error", None, Some("upstream_timeout"))
-        }
-        GatewayError::Provider(_) => (status, "api_error", None, Some("upstream_error")),
+        GatewayError::Provider(e) => classify_provider(e),
         GatewayError::Request(_) => (status, INVALID, None, None),
         _ => (status, "server_error", None, None),
+    }
+}
+
+/// A provider's failure: a request it refused as invalid is the client's to fix (400, not a 5xx
+/// the SDKs would retry); a timeout is 504; anything else 502.
+fn classify_provider(
+    err: &ProviderError,
+) -> (
+    StatusCode,
+    &'static str,
+    Option<String>,
+    Option<&'static str>,
+) {
+    match err.kind {
+        ProviderErrorKind::Upstream {
+            status: 400 | 413 | 422,
+            ..
+        } => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            Some("upstream_rejected"),
+        ),
+        ProviderErrorKind::Timeout => (err.status(), "api_error", None, Some("upstream_timeout")),
+        _ => (err.status(), "api_error", None, Some("upstream_error")),
     }
 }
 

@@ -218,6 +218,12 @@ impl CompletionBody {
             temperature: self.temperature,
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
         };
+        if format == ResponseFormat::JsonObject && !mentions_json(&system, &turns) {
+            return Err(invalid(
+                "response_format: json_object needs the word JSON in the messages, as OpenAI requires"
+                    .into(),
+            ));
+        }
         let mut input = chat::input(system, turns, options)?;
         input.sampling.top_p = top_p;
         input.sampling.stop = stop;
@@ -253,6 +259,28 @@ impl CompletionBody {
             Some(field) => refuse(field, "is not supported by this gateway"),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether any message says "JSON".
+fn mentions_json(system: &[String], turns: &[Turn]) -> bool {
+    let says = |text: &str| text.to_ascii_lowercase().contains("json");
+    system.iter().any(|text| says(text))
+        || turns.iter().flat_map(|t| &t.parts).any(|part| match part {
+            Part::Text(text) => says(text),
+            Part::ToolResult(result) => says(&result.content),
+            _ => false,
+        })
+}
+
+/// A schema whose root is an object (or says no type), as tools and JSON answers must have.
+fn object_schema(schema: Value, field: &str) -> Result<Value, GatewayError> {
+    match schema.get("type") {
+        None => Ok(schema),
+        Some(Value::String(kind)) if kind == "object" => Ok(schema),
+        Some(other) => Err(invalid(format!(
+            "{field}: the schema must describe an object, not {other}"
+        ))),
     }
 }
 
@@ -301,7 +329,9 @@ fn tooling(
         }
         let parameters = match function.parameters {
             None => serde_json::json!({"type": "object", "properties": {}}),
-            Some(schema @ Value::Object(_)) => schema,
+            Some(schema @ Value::Object(_)) => {
+                object_schema(schema, &format!("tools[{i}].function.parameters"))?
+            }
             Some(_) => {
                 return Err(invalid(format!(
                     "tools[{i}].function.parameters: must be a JSON Schema object"
@@ -315,6 +345,19 @@ fn tooling(
             strict: function.strict,
         });
     }
+    let choice = tool_choice(choice, &offered)?;
+    Ok(Tooling {
+        tools: offered,
+        choice,
+        parallel,
+    })
+}
+
+/// The tool choice, which must name a tool offered, and needs one to be `required`.
+fn tool_choice(
+    choice: Option<WireToolChoice>,
+    offered: &[Tool],
+) -> Result<Option<ToolChoice>, GatewayError> {
     let choice = match choice {
         None => None,
         Some(WireToolChoice::Mode(mode)) => Some(match mode.as_str() {
@@ -340,11 +383,7 @@ fn tooling(
         }
         _ => {}
     }
-    Ok(Tooling {
-        tools: offered,
-        choice,
-        parallel,
-    })
+    Ok(choice)
 }
 
 fn response_format(format: Option<WireFormat>) -> Result<ResponseFormat, GatewayError> {
@@ -363,7 +402,9 @@ fn response_format(format: Option<WireFormat>) -> Result<ResponseFormat, Gateway
             }
             let schema = match spec.schema {
                 None => serde_json::json!({"type": "object"}),
-                Some(schema @ Value::Object(_)) => schema,
+                Some(schema @ Value::Object(_)) => {
+                    object_schema(schema, "response_format.json_schema.schema")?
+                }
                 Some(_) => {
                     return Err(invalid(
                         "response_format.json_schema.schema: must be a JSON Schema object".into(),
@@ -387,8 +428,8 @@ fn response_format(format: Option<WireFormat>) -> Result<ResponseFormat, Gateway
 }
 
 /// The system prompts and the turns. Consecutive `tool` messages are one turn, as Anthropic and
-/// Gemini want every result of one answer's calls together; each result is matched to the
-/// earlier call it answers, by id.
+/// Gemini want every result of one answer's calls together. Every call must be answered, by id,
+/// before the conversation goes on, as all three providers require.
 fn conversation(messages: Vec<WireMessage>) -> Result<(Vec<String>, Vec<Turn>), GatewayError> {
     if messages.is_empty() {
         return Err(invalid(
@@ -397,11 +438,13 @@ fn conversation(messages: Vec<WireMessage>) -> Result<(Vec<String>, Vec<Turn>), 
     }
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::with_capacity(messages.len());
-    // The name of each call made so far, by id.
-    let mut calls: HashMap<String, String> = HashMap::new();
+    let mut calls = Calls::default();
     let mut in_results = false;
     for (i, message) in messages.into_iter().enumerate() {
         let results_before = std::mem::replace(&mut in_results, false);
+        if message.role != "tool" {
+            calls.all_answered(&format!("messages[{i}]"))?;
+        }
         match message.role.as_str() {
             "system" | "developer" => system.push(text_only(message.content, i)?),
             "user" => turns.push(Turn {
@@ -410,15 +453,11 @@ fn conversation(messages: Vec<WireMessage>) -> Result<(Vec<String>, Vec<Turn>), 
             }),
             "assistant" => {
                 let turn = assistant_turn(message, i)?;
-                for part in &turn.parts {
-                    if let Part::ToolCall(call) = part {
-                        calls.insert(call.id.clone(), call.name.clone());
-                    }
-                }
+                calls.made(&turn, i)?;
                 turns.push(turn);
             }
             "tool" => {
-                let result = tool_result(message, i, &calls)?;
+                let result = tool_result(message, i, &mut calls)?;
                 in_results = true;
                 match turns.last_mut() {
                     Some(turn) if results_before => turn.parts.push(result),
@@ -440,7 +479,71 @@ fn conversation(messages: Vec<WireMessage>) -> Result<(Vec<String>, Vec<Turn>), 
             }
         }
     }
+    calls.all_answered("messages")?;
     Ok((system, turns))
+}
+
+/// The tool calls of a conversation: every call's name by id, and the calls of the last assistant
+/// message that still wait for their results.
+#[derive(Debug, Default)]
+struct Calls {
+    names: HashMap<String, String>,
+    waiting: Vec<String>,
+    made_in: usize,
+}
+
+impl Calls {
+    /// Notes the calls of assistant message `i`: ids are unique in a conversation.
+    fn made(&mut self, turn: &Turn, i: usize) -> Result<(), GatewayError> {
+        let made = turn.parts.iter().filter_map(|part| match part {
+            Part::ToolCall(call) => Some(call),
+            _ => None,
+        });
+        for (j, call) in made.enumerate() {
+            if self
+                .names
+                .insert(call.id.clone(), call.name.clone())
+                .is_some()
+            {
+                return Err(invalid(format!(
+                    "messages[{i}].tool_calls[{j}].id: {:?} is the id of an earlier call",
+                    call.id
+                )));
+            }
+            self.waiting.push(call.id.clone());
+        }
+        self.made_in = i;
+        Ok(())
+    }
+
+    /// The name of the waiting call `id` answers (it waits no more).
+    fn answer(&mut self, id: &str, wire_id: &str, i: usize) -> Result<String, GatewayError> {
+        let field = format!("messages[{i}].tool_call_id");
+        match self.waiting.iter().position(|w| w == id) {
+            Some(at) => {
+                self.waiting.remove(at);
+                Ok(self.names.get(id).cloned().unwrap_or_default())
+            }
+            None if self.names.contains_key(id) => Err(invalid(format!(
+                "{field}: the call {wire_id:?} was answered already, or was not made by the assistant message right before"
+            ))),
+            None => Err(invalid(format!(
+                "{field}: no earlier assistant message made the call {wire_id:?}"
+            ))),
+        }
+    }
+
+    /// Fails, naming `at`, if a call still waits for its result.
+    fn all_answered(&self, at: &str) -> Result<(), GatewayError> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "{at}: every tool call of messages[{}] needs a tool message with its result first; unanswered: {}",
+            self.made_in,
+            self.waiting.join(", ")
+        )))
+    }
 }
 
 /// A message that may only hold text (system prompts, tool results): its text parts joined, not
@@ -610,25 +713,17 @@ fn assistant_turn(message: WireMessage, i: usize) -> Result<Turn, GatewayError> 
 }
 
 /// A `tool` message: the result of the earlier call it names.
-fn tool_result(
-    message: WireMessage,
-    i: usize,
-    calls: &HashMap<String, String>,
-) -> Result<Part, GatewayError> {
+fn tool_result(message: WireMessage, i: usize, calls: &mut Calls) -> Result<Part, GatewayError> {
     let Some(wire_id) = message.tool_call_id else {
         return Err(invalid(format!("messages[{i}].tool_call_id: is required")));
     };
     let (call_id, _) = split_call_id(&wire_id);
-    let Some(name) = calls.get(&call_id) else {
-        return Err(invalid(format!(
-            "messages[{i}].tool_call_id: no earlier assistant message made the call {wire_id:?}"
-        )));
-    };
+    let name = calls.answer(&call_id, &wire_id, i)?;
     // A tool may answer nothing.
     let content = joined(message.content, i)?;
     Ok(Part::ToolResult(ToolResult {
         call_id,
-        name: name.clone(),
+        name,
         content,
     }))
 }
@@ -796,6 +891,11 @@ mod tests {
     fn tools_and_formats_that_cannot_work_are_refused_naming_the_field() {
         let hi = || serde_json::json!({"messages": [{"role": "user", "content": "Hi"}]});
         let weather = serde_json::json!([{"type": "function", "function": {"name": "weather"}}]);
+        let call = serde_json::json!({"role": "assistant", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+        ]});
+        let answer =
+            serde_json::json!({"role": "tool", "tool_call_id": "call_1", "content": "18C"});
         for (patch, field) in [
             (
                 serde_json::json!({"tools": [{"type": "code_interpreter"}]}),
@@ -824,6 +924,27 @@ mod tests {
             (
                 serde_json::json!({"messages": [{"role": "tool", "tool_call_id": "call_9", "content": "x"}]}),
                 "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!({"messages": [call.clone(), {"role": "user", "content": "and?"}]}),
+                "messages[1]",
+            ),
+            (serde_json::json!({"messages": [call.clone()]}), "messages"),
+            (
+                serde_json::json!({"messages": [call.clone(), answer.clone(), answer.clone()]}),
+                "messages[2].tool_call_id",
+            ),
+            (
+                serde_json::json!({"messages": [call.clone(), answer.clone(), call.clone()]}),
+                "messages[2].tool_calls[0].id",
+            ),
+            (
+                serde_json::json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (
+                serde_json::json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}),
+                "tools[0].function.parameters",
             ),
         ] {
             let mut json = hi();
