@@ -28,4 +28,4 @@ pub mod throttle;
 pub mod usage;
 
 pub use error::GatewayError;
-pub use state::AppState;
+pub use state::{AppState, Environment};

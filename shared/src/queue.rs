@@ -64,11 +64,6 @@ impl SqsQueue {
             url: url.into(),
         }
     }
-
-    pub async fn from_env(url: impl Into<String>) -> SqsQueue {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        SqsQueue::new(aws_sdk_sqs::Client::new(&config), url)
-    }
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@ use crate::api_keys::KeyHasher;
 use crate::auth::TokenIssuer;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, ProviderSettings, Settings};
 use crate::providers::Providers;
 use crate::queue::{Queue, SqsQueue};
 use crate::store::dynamo::DynamoStore;
@@ -46,12 +46,15 @@ pub enum StartupError {
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, stores: Stores) -> Result<AppState, StartupError> {
+    /// What every function needs (settings, catalog, tokens, the store) and no more: no provider
+    /// client (see [`AppState::with_providers`]) and no queue (see [`AppState::with_queue`]), so a
+    /// function that calls neither neither builds nor links them.
+    pub fn base(settings: &Settings, stores: Stores) -> Result<AppState, StartupError> {
         Ok(AppState {
             catalog: Arc::new(settings.catalog.clone()),
             tokens: TokenIssuer::new(&settings.jwt_secret, settings.token_ttl)?,
             stores,
-            providers: Providers::new(&settings.providers)?,
+            providers: Providers::absent(),
             clock: Arc::new(SystemClock),
             request_retention: settings.request_retention,
             queue: None,
@@ -63,6 +66,17 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
         })
+    }
+
+    /// The state of every endpoint at once, providers included: the local server's, the tests'.
+    pub fn new(settings: &Settings, stores: Stores) -> Result<AppState, StartupError> {
+        AppState::base(settings, stores)?.with_providers(&settings.providers)
+    }
+
+    /// The same state calling the providers: the HTTP client and every adapter.
+    pub fn with_providers(mut self, settings: &ProviderSettings) -> Result<AppState, StartupError> {
+        self.providers = Providers::new(settings)?;
+        Ok(self)
     }
 
     /// The same state sending jobs to `queue`.
@@ -77,14 +91,36 @@ impl AppState {
         self
     }
 
-    /// A Lambda function's state: settings from the environment, the DynamoDB store.
-    pub async fn from_env() -> Result<AppState, StartupError> {
-        let settings = Settings::from_env()?;
-        let store = DynamoStore::from_env(settings.require_table()?).await;
-        let mut state = AppState::new(&settings, Stores::from(Arc::new(store)))?;
-        if let Some(url) = &settings.jobs_queue_url {
-            state.queue = Some(Arc::new(SqsQueue::from_env(url.clone()).await));
+    /// The same state sending jobs to the queue `environment` names, if it names one.
+    pub fn with_queue_of(self, environment: &Environment) -> AppState {
+        match &environment.settings.jobs_queue_url {
+            Some(url) => {
+                let client = aws_sdk_sqs::Client::new(&environment.aws);
+                self.with_queue(Arc::new(SqsQueue::new(client, url.clone())))
+            }
+            None => self,
         }
-        Ok(state)
+    }
+}
+
+/// What a Lambda function starts from: its settings, read from the environment, and the AWS
+/// configuration its clients share (read once, however many clients it builds).
+pub struct Environment {
+    pub settings: Settings,
+    aws: aws_config::SdkConfig,
+}
+
+impl Environment {
+    pub async fn load() -> Result<Environment, StartupError> {
+        let settings = Settings::from_env()?;
+        let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ok(Environment { settings, aws })
+    }
+
+    /// The function's [`AppState::base`] on its DynamoDB table.
+    pub fn state(&self) -> Result<AppState, StartupError> {
+        let table = self.settings.require_table()?;
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.aws), table);
+        AppState::base(&self.settings, Stores::from(Arc::new(store)))
     }
 }

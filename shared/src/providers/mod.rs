@@ -638,12 +638,50 @@ impl Providers {
         })
     }
 
+    /// No provider client at all, for functions that call no provider: none of the adapters or
+    /// the HTTP client is built (or linked). A call answers that the provider is not configured.
+    pub fn absent() -> Providers {
+        Providers {
+            openai: Arc::new(Absent(ProviderKind::OpenAi)),
+            anthropic: Arc::new(Absent(ProviderKind::Anthropic)),
+            google: Arc::new(Absent(ProviderKind::Google)),
+        }
+    }
+
     pub fn get(&self, kind: ProviderKind) -> &dyn ChatProvider {
         match kind {
             ProviderKind::OpenAi => self.openai.as_ref(),
             ProviderKind::Anthropic => self.anthropic.as_ref(),
             ProviderKind::Google => self.google.as_ref(),
         }
+    }
+}
+
+/// The provider of a function built without provider clients.
+#[derive(Debug)]
+struct Absent(ProviderKind);
+
+impl Absent {
+    fn error(&self) -> ProviderError {
+        ProviderError::new(
+            self.0,
+            ProviderErrorKind::NotConfigured("a provider client in this function"),
+        )
+    }
+}
+
+#[async_trait]
+impl ChatProvider for Absent {
+    fn kind(&self) -> ProviderKind {
+        self.0
+    }
+
+    async fn complete(&self, _: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        Err(self.error())
+    }
+
+    async fn stream(&self, _: &ChatRequest) -> Result<ChatStream, ProviderError> {
+        Err(self.error())
     }
 }
 
