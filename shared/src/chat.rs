@@ -87,8 +87,6 @@ pub struct PreparedChat {
     /// `max_tokens` as the caller asked it, so the request can be prepared again under another
     /// plan (the default depends on the plan).
     pub asked_max_tokens: Option<u64>,
-    /// The input tokens the hold counts per image: the most one costs on the model's provider.
-    pub image_tokens: u64,
 }
 
 impl PreparedChat {
@@ -276,7 +274,8 @@ pub fn candidates(catalog: &Catalog, plan: &Plan, chat: &PreparedChat) -> Vec<Mo
         let asked = chat
             .asked_max_tokens
             .is_some_and(|asked| asked > u64::from(model.max_tokens));
-        let images = has_images && model.provider.image_tokens() > chat.image_tokens;
+        let images =
+            has_images && model.provider.image_tokens() > chat.model.provider.image_tokens();
         !asked && !images && unsupported(model, &asks).is_none()
     };
     std::iter::once(chat.model.clone())
@@ -316,7 +315,6 @@ pub fn build(model: &Model, max_tokens: u32, input: ChatInput) -> PreparedChat {
             format: input.format,
         },
         asked_max_tokens: input.max_tokens,
-        image_tokens: model.provider.image_tokens(),
     }
 }
 
@@ -555,7 +553,7 @@ mod tests {
         let by_address = prepare(&catalog, &pro, input("gpt-4o-mini", image(true))).expect("ok");
         assert_eq!(names(&by_address), ["gpt-4o-mini", "claude-3-haiku"]);
         let inline = prepare(&catalog, &pro, input("gemini-1.5-pro", image(false))).expect("ok");
-        assert_eq!(inline.image_tokens, 4_128);
+        assert_eq!(inline.model.provider.image_tokens(), 4_128);
         assert_eq!(names(&inline), ["gemini-1.5-pro", "gemini-1.5-flash"]);
     }
 

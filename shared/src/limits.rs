@@ -72,9 +72,13 @@ const TOOL_PROMPT_TOKENS: u64 = 400;
 /// A schema's size as a token bound: as sent, or as Gemini receives it (`$ref`s inlined), the
 /// larger, since a fallback may take the request to Gemini.
 fn schema_bytes(schema: &serde_json::Value) -> usize {
-    let sent = schema.to_string().len();
+    let sent = schema.to_string();
+    // Only `$ref`s make Gemini's form larger than the schema as sent: without one, no conversion.
+    if !sent.contains("\"$ref\"") {
+        return sent.len();
+    }
     let inlined = crate::providers::schema::gemini(schema).to_string().len();
-    sent.max(inlined)
+    sent.len().max(inlined)
 }
 
 /// An upper bound on the input tokens of a request: no tokenizer makes more tokens than bytes, so
@@ -90,7 +94,9 @@ pub fn input_upper_bound(chat: &PreparedChat) -> u64 {
         for part in &turn.parts {
             let tokens = match part {
                 Part::Text(text) => len(text.len()),
-                Part::Image(_) => chat.image_tokens,
+                // The most one image costs on the model's provider (fallbacks that may cost more are
+                // skipped: `chat::candidates`).
+                Part::Image(_) => chat.model.provider.image_tokens(),
                 Part::ToolCall(call) => len(call.name.len()
                     + call.arguments.len()
                     + call.signature.as_ref().map_or(0, String::len)),

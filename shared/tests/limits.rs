@@ -49,7 +49,6 @@ fn chat(max_tokens: u32) -> PreparedChat {
             tooling: Default::default(),
             format: Default::default(),
         },
-        image_tokens: model.provider.image_tokens(),
         model,
         asked_max_tokens: Some(u64::from(max_tokens)),
     }
