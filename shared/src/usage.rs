@@ -271,6 +271,22 @@ pub struct UsageReport {
     /// US cents.
     pub total_cost: f64,
     pub models_breakdown: BTreeMap<String, ModelUsage>,
+    /// The month by day and model, in date then model order: days without use are absent.
+    pub daily: Vec<DayUsage>,
+}
+
+/// One model's use on one day (UTC), as [`UsageReport::daily`] lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub model: String,
+    pub messages: u64,
+    pub tokens: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// US cents, exact to the nano-dollar.
+    pub cost: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -292,7 +308,21 @@ pub async fn report(
     month: &str,
 ) -> Result<UsageReport, GatewayError> {
     let mut by_model: BTreeMap<String, (u64, u64, u64, u64, NanoUsd)> = BTreeMap::new();
-    for day in meter.daily_usage(org, month).await? {
+    let mut days = meter.daily_usage(org, month).await?;
+    days.sort_by(|a, b| (&a.date, &a.model).cmp(&(&b.date, &b.model)));
+    let daily = days
+        .iter()
+        .map(|day| DayUsage {
+            date: day.date.clone(),
+            model: day.model.clone(),
+            messages: day.message_count,
+            tokens: day.total_tokens,
+            input_tokens: day.input_tokens,
+            output_tokens: day.output_tokens,
+            cost: NanoUsd(day.estimated_cost).as_cents(),
+        })
+        .collect();
+    for day in days {
         let entry = by_model.entry(day.model).or_default();
         entry.0 = entry.0.saturating_add(day.message_count);
         entry.1 = entry.1.saturating_add(day.total_tokens);
@@ -349,6 +379,72 @@ pub async fn report(
                 },
             )
             .collect(),
+        daily,
+    })
+}
+
+/// `GET /api/v1/ai/requests`: an org's recent requests, newest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestList {
+    pub requests: Vec<RequestView>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+/// One request as its org sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestView {
+    pub id: String,
+    /// The model that answered (a fallback, perhaps), whose price the cost is.
+    pub model: String,
+    pub requested_model: String,
+    /// `success`, `error` or `abandoned`.
+    pub status: &'static str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub duration_ms: u64,
+    /// US cents, exact to the nano-dollar.
+    pub cost: f64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub user_id: String,
+    /// The API key it was made with, if it was.
+    pub api_key_id: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<RequestRecord> for RequestView {
+    fn from(record: RequestRecord) -> RequestView {
+        RequestView {
+            id: record.request_id,
+            model: record.model,
+            requested_model: record.requested_model,
+            status: record.outcome.as_str(),
+            input_tokens: record.input_tokens,
+            output_tokens: record.output_tokens,
+            total_tokens: record.input_tokens.saturating_add(record.output_tokens),
+            duration_ms: record.duration_ms,
+            cost: NanoUsd(record.cost).as_cents(),
+            timestamp: record.timestamp,
+            user_id: record.user.to_string(),
+            api_key_id: record.api_key.map(|key| key.to_string()),
+            error: record.error_message,
+        }
+    }
+}
+
+/// Up to `limit` of the org's requests in `month`, newest first, after the request `after`.
+pub async fn recent(
+    meter: &dyn MeterStore,
+    org: &OrgId,
+    month: &str,
+    (limit, after): (usize, Option<&str>),
+) -> Result<RequestList, GatewayError> {
+    let page = meter.recent_requests(org, month, limit, after).await?;
+    Ok(RequestList {
+        requests: page.requests.into_iter().map(RequestView::from).collect(),
+        next: page.next,
     })
 }
 

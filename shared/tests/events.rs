@@ -120,6 +120,30 @@ async fn every_sample_event_is_answered_by_its_function() {
     .expect("handler");
     assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
     assert_eq!(body(&response)["month"], "2026-10");
+    let response = gateway::api::requests(
+        &state,
+        event(include_str!("../../events/ai-requests.json"), &token, &org),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", body(&response));
+    let listed = body(&response);
+    assert_eq!(listed["requests"][0]["model"], "gemini-1.5-flash");
+    assert_eq!(listed["requests"][0]["status"], "success");
+
+    // AND the dashboard page is served as HTML that calls this API
+    let response =
+        gateway::api::dashboard(event(include_str!("../../events/dashboard.json"), "", ""));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let page = std::str::from_utf8(response.body().as_ref()).expect("UTF-8 page");
+    assert!(
+        page.contains("/api/v1/ai/usage"),
+        "the page reads the usage API"
+    );
 
     // AND a batch job is accepted, worked from its SQS event, and polled
     let response = gateway::api::submit_job(

@@ -729,7 +729,65 @@ macro_rules! meter_contract {
     };
 }
 
+async fn recent_requests_are_listed_newest_first_in_pages(store: Arc<dyn Store>) {
+    // GIVEN five settled requests of one org, one of them failed, and one of another org
+    let org = OrgId::generate();
+    let plan = plan(1_000, None, None);
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let ticket = admit(&store, NOW, &org, &plan, 500)
+            .await
+            .expect("admitted");
+        let used = if i == 2 {
+            Err(())
+        } else {
+            Ok(Usage {
+                input_tokens: 10 + i,
+                output_tokens: 20,
+            })
+        };
+        settle(&store, &ticket, &org, used, NOW).await;
+        ids.push(ticket.request_id.clone());
+    }
+    let other = OrgId::generate();
+    let ticket = admit(&store, NOW, &other, &plan, 500)
+        .await
+        .expect("admitted");
+    settle(&store, &ticket, &other, Ok(Usage::default()), NOW).await;
+
+    // WHEN they are listed two at a time
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..5 {
+        let page = store
+            .recent_requests(&org, "2030-11", 2, after.as_deref())
+            .await
+            .expect("page");
+        assert!(page.requests.len() <= 2);
+        seen.extend(page.requests);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+
+    // THEN every request of the org comes once, newest first, as recorded
+    let listed: Vec<&str> = seen.iter().map(|r| r.request_id.as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    assert_eq!(seen[2].outcome, Outcome::Failed);
+    assert_eq!(seen[0].input_tokens, 14);
+    assert_eq!(seen[0].cost, 350 * 14 + 1_050 * 20);
+    // AND a month without requests lists none
+    let empty = store
+        .recent_requests(&org, "2030-10", 2, None)
+        .await
+        .expect("page");
+    assert_eq!((empty.requests.len(), empty.next), (0, None));
+}
+
 meter_contract!(
+    recent_requests_are_listed_newest_first_in_pages,
     a_request_refused_after_several_tries_gives_back_every_slot,
     requests_in_flight_are_capped_by_the_plan,
     a_burst_admits_exactly_the_rate_limit,

@@ -1,6 +1,7 @@
 //! The HTTP handlers, one per endpoint. Each is short: parse, one call into the library, respond.
 //! Lambda functions run one handler each; the local server routes to all of them with [`dispatch`].
 
+pub mod dashboard;
 pub mod extract;
 pub mod keys;
 pub mod openai;
@@ -8,6 +9,7 @@ pub mod respond;
 pub mod sse;
 pub mod stream;
 
+pub use dashboard::dashboard;
 pub use stream::{chat_stream, StreamingBody, StreamingResponse};
 
 use http::{Method, StatusCode};
@@ -341,12 +343,7 @@ pub async fn usage(state: &AppState, request: Request) -> HandlerResult {
 async fn usage_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let (_, membership) = principal_org(state, request).await?;
     let plan = metered::plan_of(state, &membership)?;
-    let month = match extract::query_param(request, "month") {
-        None => clock::month_of(state.clock.now()),
-        Some(raw) => usage::parse_month(&raw).ok_or_else(|| {
-            RequestError::InvalidField(format!("month: expected YYYY-MM, got {raw:?}"))
-        })?,
-    };
+    let month = month_param(state, request)?;
     let report = usage::report(
         state.stores.meter.as_ref(),
         &membership.org.id,
@@ -355,6 +352,47 @@ async fn usage_inner(state: &AppState, request: &Request) -> Result<HttpResponse
     )
     .await?;
     Ok(json(StatusCode::OK, &report))
+}
+
+/// `?month=YYYY-MM`, this month (UTC) when absent.
+fn month_param(state: &AppState, request: &Request) -> Result<String, RequestError> {
+    match extract::query_param(request, "month") {
+        None => Ok(clock::month_of(state.clock.now())),
+        Some(raw) => usage::parse_month(&raw).ok_or_else(|| {
+            RequestError::InvalidField(format!("month: expected YYYY-MM, got {raw:?}"))
+        }),
+    }
+}
+
+/// `?limit=N` of a listing: 1 to 100, 20 when absent.
+fn page_limit(request: &Request) -> Result<usize, RequestError> {
+    let Some(raw) = extract::query_param(request, "limit") else {
+        return Ok(20);
+    };
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=100).contains(n))
+        .ok_or_else(|| RequestError::InvalidField(format!("limit: must be 1-100, got {raw:?}")))
+}
+
+/// `GET /api/v1/ai/requests[?month=YYYY-MM&limit=N&after=ID]` → the org's requests, newest
+/// first, with the `next` page's start.
+pub async fn requests(state: &AppState, request: Request) -> HandlerResult {
+    Ok(finish(requests_inner(state, &request).await))
+}
+
+async fn requests_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
+    let (_, membership) = principal_org(state, request).await?;
+    let month = month_param(state, request)?;
+    let page = (page_limit(request)?, extract::query_param(request, "after"));
+    let list = usage::recent(
+        state.stores.meter.as_ref(),
+        &membership.org.id,
+        &month,
+        (page.0, page.1.as_deref()),
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &list))
 }
 
 #[derive(Debug, Serialize)]
@@ -520,16 +558,7 @@ async fn list_jobs_inner(
 ) -> Result<HttpResponse, GatewayError> {
     let caller = caller(state, request)?;
     let membership = current_org(state, request, &caller).await?;
-    let limit = match extract::query_param(request, "limit") {
-        None => 20,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| {
-                RequestError::InvalidField(format!("limit: must be 1-100, got {raw:?}"))
-            })?,
-    };
+    let limit = page_limit(request)?;
     let after = extract::query_param(request, "after");
     let (jobs, next) = jobs::list(state, &membership.org.id, limit, after.as_deref()).await?;
     Ok(json(StatusCode::OK, &JobList { jobs, next }))
@@ -537,6 +566,12 @@ async fn list_jobs_inner(
 
 /// The jobs collection; a job is `JOBS_PATH/{id}`.
 pub const JOBS_PATH: &str = "/api/v1/ai/jobs";
+
+/// An org's recent requests.
+pub const REQUESTS_PATH: &str = "/api/v1/ai/requests";
+
+/// The usage dashboard page.
+pub const DASHBOARD_PATH: &str = "/";
 
 /// The streaming route, served apart because its body is a stream.
 pub const STREAM_PATH: &str = "/api/v1/ai/chat/stream";
@@ -551,10 +586,34 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", STREAM_PATH),
     ("GET", "/api/v1/ai/models"),
     ("GET", "/api/v1/ai/usage"),
+    ("GET", REQUESTS_PATH),
+    ("GET", DASHBOARD_PATH),
     ("POST", JOBS_PATH),
     ("GET", JOBS_PATH),
     ("POST", openai::COMPLETIONS_PATH),
     ("GET", openai::MODELS_PATH),
+];
+
+/// Every route's path, ids as `{id}`: what request lines and metrics name routes by.
+pub const ROUTE_TEMPLATES: &[&str] = &[
+    "/api/v1/auth/register",
+    "/api/v1/auth/login",
+    "/api/v1/orgs",
+    "/api/v1/orgs/{id}/api-keys",
+    "/api/v1/orgs/{id}/api-keys/{id}",
+    "/api/v1/ai/chat",
+    STREAM_PATH,
+    "/api/v1/ai/models",
+    "/api/v1/ai/usage",
+    REQUESTS_PATH,
+    JOBS_PATH,
+    "/api/v1/ai/jobs/{id}",
+    openai::COMPLETIONS_PATH,
+    openai::MODELS_PATH,
+    "/v1/models/{id}",
+    DASHBOARD_PATH,
+    "/admin/orgs/{id}/plan",
+    "/health",
 ];
 
 /// Routes a request to its handler, as API Gateway does in AWS: for the local server and tests.
@@ -569,6 +628,8 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
         ("POST", "/api/v1/ai/chat") => chat(state, request).await,
         ("GET", "/api/v1/ai/models") => models(state, request).await,
         ("GET", "/api/v1/ai/usage") => usage(state, request).await,
+        ("GET", REQUESTS_PATH) => requests(state, request).await,
+        ("GET", "") => Ok(dashboard(request)),
         ("POST", JOBS_PATH) => submit_job(state, request).await,
         ("GET", JOBS_PATH) => list_jobs(state, request).await,
         ("GET", p) if p.starts_with("/api/v1/ai/jobs/") => get_job(state, request).await,
@@ -587,7 +648,7 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
             )),
         },
         _ => {
-            let known_path = ROUTES.iter().any(|(_, p)| *p == path);
+            let known_path = ROUTES.iter().any(|(_, p)| p.trim_end_matches('/') == path);
             let error = if known_path && method != Method::OPTIONS {
                 RequestError::MethodNotAllowed {
                     method: method.to_string(),

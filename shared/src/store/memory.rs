@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{
     Admission, AdmitOutcome, ApiKeyRecord, DailyUsage, ItemStatus, JobItem, JobItemFinish, JobPage,
     JobRecord, JobStore, KeyStore, Membership, MeterStore, MonthCounter, OrgAccess, OrgRecord,
-    OrgStore, Party, RequestRecord, Role, Settlement, Slot, StoreError, Throttle, UserRecord,
-    UserStore,
+    OrgStore, Party, RequestPage, RequestRecord, Role, Settlement, Slot, StoreError, Throttle,
+    UserRecord, UserStore,
 };
 use crate::ids::{JobId, KeyId, OrgId, PlanId, UserId};
 
@@ -415,6 +415,30 @@ impl MeterStore for MemoryStore {
             .get(&(org.clone(), month.to_owned()))
             .map(|days| days.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn recent_requests(
+        &self,
+        org: &OrgId,
+        month: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<RequestPage, StoreError> {
+        let inner = self.lock();
+        let Some(records) = inner.requests.get(&(org.clone(), month.to_owned())) else {
+            return Ok(RequestPage::default());
+        };
+        let requests: Vec<RequestRecord> = records
+            .values()
+            .rev()
+            .filter(|record| after.is_none_or(|a| record.request_id.as_str() < a))
+            .take(limit)
+            .cloned()
+            .collect();
+        let next = (requests.len() == limit)
+            .then(|| requests.last().map(|r| r.request_id.clone()))
+            .flatten();
+        Ok(RequestPage { requests, next })
     }
 
     #[cfg(any(test, feature = "test-support"))]

@@ -330,6 +330,17 @@ pub enum Outcome {
     Abandoned,
 }
 
+impl Outcome {
+    /// As `ai_requests` stores it and the API shows it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failed => "error",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// One request's record, as `ai_requests` keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -454,6 +465,14 @@ pub struct DailyUsage {
     pub estimated_cost: u64,
 }
 
+/// A page of an org's request records, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestPage {
+    pub requests: Vec<RequestRecord>,
+    /// Where the next page starts (pass it as `after`); `None` on the last page.
+    pub next: Option<String>,
+}
+
 /// A counter of attempts (failed logins, registrations) of one kind by one subject in one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Throttle {
@@ -495,6 +514,15 @@ pub trait MeterStore: Send + Sync {
     async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError>;
     /// The org's daily aggregates for a month, by day and model.
     async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError>;
+    /// The org's request records for a month, newest first: at most `limit`, those after the
+    /// request id `after` when it is given (the `next` of the page before).
+    async fn recent_requests(
+        &self,
+        org: &OrgId,
+        month: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<RequestPage, StoreError>;
     /// The org's request records for a month, oldest first.
     #[cfg(any(test, feature = "test-support"))]
     async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError>;

@@ -21,7 +21,7 @@ use super::table::{
 use crate::ids::{KeyId, OrgId, UserId};
 use crate::store::{
     Admission, AdmitOutcome, DailyUsage, Hold, MeterStore, MonthChange, MonthCounter, OrgAccess,
-    Outcome, Party, RequestRecord, Settlement, Slot, StoreError, Throttle,
+    Outcome, Party, RequestPage, RequestRecord, Settlement, Slot, StoreError, Throttle,
 };
 
 impl TryFrom<&Item> for MonthCounter {
@@ -73,8 +73,8 @@ impl TryFrom<&Item> for RequestRecord {
             output_tokens: get_u64(item, "output_tokens")?,
             duration_ms: get_u64(item, "duration_ms")?,
             outcome: match get_s(item, "status")? {
-                "success" => Outcome::Success,
-                "abandoned" => Outcome::Abandoned,
+                s if s == Outcome::Success.as_str() => Outcome::Success,
+                s if s == Outcome::Abandoned.as_str() => Outcome::Abandoned,
                 _ => Outcome::Failed,
             },
             error_message: get_s(item, "error_message").ok().map(str::to_owned),
@@ -102,11 +102,7 @@ impl TryFrom<&Item> for DailyUsage {
 }
 
 fn record_item(record: &RequestRecord, month: &str) -> Item {
-    let status = match record.outcome {
-        Outcome::Success => "success",
-        Outcome::Failed => "error",
-        Outcome::Abandoned => "abandoned",
-    };
+    let status = record.outcome.as_str();
     let mut item = item(
         keys::request(&record.org, month, &record.request_id),
         [
@@ -555,6 +551,24 @@ impl MeterStore for DynamoStore {
             .iter()
             .map(DailyUsage::try_from)
             .collect()
+    }
+
+    async fn recent_requests(
+        &self,
+        org: &OrgId,
+        month: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<RequestPage, StoreError> {
+        let (items, next) = self
+            .query_newest(keys::requests(org, month), limit, after)
+            .await?;
+        let requests = items
+            .iter()
+            .map(RequestRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        // DynamoDB says where it stopped even when nothing follows: a full page may be the last.
+        Ok(RequestPage { requests, next })
     }
 
     #[cfg(any(test, feature = "test-support"))]

@@ -246,6 +246,35 @@ impl DynamoStore {
             }
         }
     }
+    /// Up to `limit` items of a partition, newest (highest sort key) first, after the sort key
+    /// `after` if given; and the sort key to continue after, if there may be more.
+    pub(super) async fn query_newest(
+        &self,
+        pk: String,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<Item>, Option<String>), StoreError> {
+        let start = after.map(|sk| key((pk.clone(), sk.to_owned())));
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk.as_str()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .metered(&self.metrics, Units::Read)
+            .await
+            .map_err(unavailable)?;
+        let next = out
+            .last_evaluated_key
+            .and_then(|key| key.get("sk").cloned())
+            .and_then(|sk| sk.as_s().ok().cloned());
+        Ok((out.items.unwrap_or_default(), next))
+    }
 }
 
 /// A TransactWriteItems whose writes carry what each one is (`W`), so a cancellation is read by
