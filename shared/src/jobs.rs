@@ -20,6 +20,7 @@ use crate::providers::ChatResponse;
 use crate::queue::{JobMessage, LocalQueue};
 use crate::state::AppState;
 use crate::store::{ItemStatus, JobItem, JobItemFinish, JobRecord, Membership, Party, StoreError};
+use crate::telemetry::RequestLog;
 
 /// The most chats one batch may hold.
 pub const MAX_ITEMS: usize = 50;
@@ -284,6 +285,28 @@ pub const MAX_WAIT_SECS: i64 = 3600;
 /// Works one item. Never answers or charges an item twice: finished items are skipped, and only
 /// the attempt holding the item's claim may finish it.
 pub async fn process(
+    state: &AppState,
+    message: &JobMessage,
+    receive_count: u32,
+    max_receives: u32,
+) -> Disposition {
+    // Each delivery of an item is one logged request: its line says how the item's call went.
+    let log = RequestLog::job(JOB_ITEM_ROUTE);
+    let disposition = log
+        .scope(deliver(state, message, receive_count, max_receives))
+        .await;
+    log.status(match &disposition {
+        Disposition::Done => 200,
+        Disposition::Waited => 429,
+        Disposition::Retry(_) => 503,
+    });
+    disposition
+}
+
+/// What request lines call a job item's delivery.
+pub const JOB_ITEM_ROUTE: &str = "job item";
+
+async fn deliver(
     state: &AppState,
     message: &JobMessage,
     receive_count: u32,

@@ -24,6 +24,7 @@ use crate::providers::{
 use crate::resilience::{self, Ask, Attempts, Reply};
 use crate::state::AppState;
 use crate::store::{AccessCheck, ItemStatus, JobItemFinish, Membership, Party, StoreError};
+use crate::telemetry::RequestLog;
 use crate::usage::{self, Ending, Times};
 
 /// Admits a chat of `user` in `org`. `input` is the request as parsed, or why it could not be:
@@ -112,6 +113,7 @@ async fn admit_prepared(
     );
     // Admission runs to its end on its own task: if the caller goes away meanwhile, the call it
     // made is dropped with the task's output, and its Drop gives the message and hold back.
+    let log = RequestLog::current();
     let admission = tokio::spawn(async move {
         let now = (state.clock.now(), state.request_retention);
         let meter = state.stores.meter.as_ref();
@@ -121,6 +123,10 @@ async fn admit_prepared(
         };
         chat.request.max_tokens = ticket.max_tokens;
         let models = chat::candidates(&state.catalog, &plan, &chat);
+        if let Some(log) = &log {
+            log.principal(&party, Some(&org));
+            log.admitted(&ticket.request_id, chat.model.id.as_str());
+        }
         Ok(Ok(Admitted {
             call: Some(Call {
                 state,
@@ -131,6 +137,7 @@ async fn admit_prepared(
                 models,
                 called_at: None,
                 attempts: Attempts::default(),
+                log,
             }),
         }))
     });
@@ -159,6 +166,8 @@ struct Call {
     /// When the provider was asked: from then on it may have done work worth charging.
     called_at: Option<Instant>,
     attempts: Attempts,
+    /// The request's log line, told how the call went.
+    log: Option<RequestLog>,
 }
 
 impl Call {
@@ -182,13 +191,17 @@ impl Call {
             requested: &self.chat.model.id,
             attempts: self.attempts.made,
         };
-        usage::settlement(
+        let settlement = usage::settlement(
             &self.ticket,
             (&self.org, &self.party),
             served,
             ending,
             times,
-        )
+        );
+        if let Some(log) = &self.log {
+            log.settled(&settlement.record, self.served().provider.as_str());
+        }
+        settlement
     }
 
     /// How a call that nobody settled ends: the input the provider was sent is charged if a
@@ -302,7 +315,7 @@ impl Admitted {
         let (requested, served) = (&call.chat.model.id, &call.served().id);
         match &reply {
             Ok(_) => {
-                tracing::info!(request_id = %call.ticket.request_id, model = %requested, served_by = %served, attempts = call.attempts.made, duration_ms = took_ms, "provider answered")
+                tracing::debug!(request_id = %call.ticket.request_id, model = %requested, served_by = %served, attempts = call.attempts.made, duration_ms = took_ms, "provider answered")
             }
             Err(err) => {
                 tracing::warn!(request_id = %call.ticket.request_id, model = %requested, attempts = call.attempts.made, duration_ms = took_ms, error = %err, "every provider attempt failed")
@@ -576,6 +589,11 @@ impl MeteredStream {
                     return None;
                 }
             };
+            if !self.any_output {
+                if let Some(log) = &self.admitted.call().log {
+                    log.first_token();
+                }
+            }
             self.any_output = true;
             return Some(piece);
         }

@@ -14,7 +14,9 @@ async fn main() -> Result<(), Error> {
         .with_providers(&environment.settings.providers)?;
     run_with_streaming_response(service_fn(|request| {
         gateway::runtime_api::send_without_delay();
-        gateway::api::chat_stream(&state, request)
+        gateway::telemetry::logged(request, |request| {
+            gateway::api::chat_stream(&state, request)
+        })
     }))
     .await
 }

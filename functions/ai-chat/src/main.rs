@@ -11,5 +11,8 @@ async fn main() -> Result<(), Error> {
     let state = environment
         .state()?
         .with_providers(&environment.settings.providers)?;
-    run(service_fn(|request| gateway::api::chat(&state, request))).await
+    run(service_fn(|request| {
+        gateway::telemetry::logged(request, |request| gateway::api::chat(&state, request))
+    }))
+    .await
 }

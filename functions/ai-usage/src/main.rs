@@ -9,5 +9,8 @@ async fn main() -> Result<(), Error> {
     gateway::telemetry::init_json();
     let environment = gateway::Environment::load().await?;
     let state = environment.state()?;
-    run(service_fn(|request| gateway::api::usage(&state, request))).await
+    run(service_fn(|request| {
+        gateway::telemetry::logged(request, |request| gateway::api::usage(&state, request))
+    }))
+    .await
 }

@@ -9,7 +9,9 @@ async fn main() -> Result<(), Error> {
     let environment = gateway::Environment::load().await?;
     let state = environment.state()?;
     run(service_fn(|request| {
-        gateway::api::keys::list_keys(&state, request)
+        gateway::telemetry::logged(request, |request| {
+            gateway::api::keys::list_keys(&state, request)
+        })
     }))
     .await
 }

@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let environment = gateway::Environment::load().await?;
     let state = environment.state()?;
     run(service_fn(|request| {
-        gateway::api::list_jobs(&state, request)
+        gateway::telemetry::logged(request, |request| gateway::api::list_jobs(&state, request))
     }))
     .await
 }

@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let environment = gateway::Environment::load().await?;
     let state = environment.state()?.with_queue_of(&environment);
     run(service_fn(|request| {
-        gateway::api::submit_job(&state, request)
+        gateway::telemetry::logged(request, |request| gateway::api::submit_job(&state, request))
     }))
     .await
 }

@@ -161,7 +161,17 @@ pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
             axum::routing::post(completions_route).fallback(gateway_route),
         )
         .fallback(gateway_route)
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(server)
+}
+
+/// Each request ends with its line, as in Lambda (see `gateway::telemetry`).
+async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let log =
+        gateway::telemetry::RequestLog::start(request.method().as_str(), request.uri().path());
+    let response = log.scope(next.run(request)).await;
+    log.status(response.status().as_u16());
+    response
 }
 
 /// What the local server allows a client, so a slow or lying one cannot hold it.

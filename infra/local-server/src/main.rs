@@ -25,12 +25,19 @@ struct Args {
     /// Enables the operator route `PUT /admin/orgs/{id}/plan` for this bearer token.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Log in JSON as the Lambda functions do (each request's line an EMF document), not text.
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    gateway::telemetry::init_text();
     let args = Args::parse();
+    if args.log_json {
+        gateway::telemetry::init_json();
+    } else {
+        gateway::telemetry::init_text();
+    }
     let options = Options {
         store: args.store,
         table: args.table,

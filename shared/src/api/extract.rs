@@ -11,6 +11,7 @@ use crate::error::{AuthError, GatewayError, RequestError};
 use crate::ids::OrgId;
 use crate::state::AppState;
 use crate::store::{Membership, Party};
+use crate::telemetry;
 
 /// The largest body any endpoint accepts: Lambda's own limit on a request, room for a chat with
 /// a few inline images.
@@ -79,7 +80,9 @@ pub fn form_body<T: DeserializeOwned>(request: &Request) -> Result<T, RequestErr
 
 /// The caller, from their bearer token.
 pub fn caller(state: &AppState, request: &Request) -> Result<Caller, AuthError> {
-    state.tokens.verify(bearer_token(request.headers())?)
+    let caller = state.tokens.verify(bearer_token(request.headers())?)?;
+    telemetry::note_principal(&Party::User(caller.user_id.clone()), None);
+    Ok(caller)
 }
 
 /// The client's address on the local server (the peer of its connection), set per connection.
@@ -126,6 +129,7 @@ pub async fn current_org(
 ) -> Result<Membership, GatewayError> {
     let org = org_header(request)?;
     let party = Party::User(caller.user_id.clone());
+    telemetry::note_principal(&party, Some(&org));
     access::read(state.stores.orgs.as_ref(), &state.access, org, &party).await
 }
 
@@ -138,10 +142,16 @@ pub async fn principal(
     let token = bearer_token(request.headers())?;
     if api_keys::is_key(token) {
         let (key, org) = api_keys::resolve(state, token).await?;
-        return Ok((Party::Key(key), org));
+        let party = Party::Key(key);
+        telemetry::note_principal(&party, Some(&org));
+        return Ok((party, org));
     }
     let caller = state.tokens.verify(token)?;
-    Ok((Party::User(caller.user_id), org_header(request)?))
+    let party = Party::User(caller.user_id);
+    telemetry::note_principal(&party, None);
+    let org = org_header(request)?;
+    telemetry::note_principal(&party, Some(&org));
+    Ok((party, org))
 }
 
 /// The caller (a user or a key) and their org, read from the store.

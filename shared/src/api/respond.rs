@@ -40,6 +40,7 @@ struct Detail {
 /// Logs an error once, at the edge: server faults with their full (secret-free) cause; client
 /// mistakes only at debug level.
 pub fn log(err: &GatewayError) {
+    crate::telemetry::note_error(err);
     let status = err.status();
     if err.is_server_fault() {
         tracing::error!(status = status.as_u16(), error = %err, "request failed");
