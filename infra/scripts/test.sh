@@ -114,6 +114,8 @@ start_moto() {
         log "starting moto's SQS server on 127.0.0.1:$port (attempt $attempt)"
         if start_moto_sqs "$port" "$LOG_DIR/moto-sqs.log"; then
             export GATEWAY_TEST_SQS_ENDPOINT="http://127.0.0.1:$port"
+            # moto serves every AWS service on one port: Secrets Manager's tests use it too.
+            export GATEWAY_TEST_SECRETSMANAGER_ENDPOINT="$GATEWAY_TEST_SQS_ENDPOINT"
             log "moto (SQS) answers at $GATEWAY_TEST_SQS_ENDPOINT"
             return 0
         fi

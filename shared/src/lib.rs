@@ -21,6 +21,7 @@ pub mod queue;
 pub mod resilience;
 pub mod runtime_api;
 pub mod secret;
+pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod telemetry;

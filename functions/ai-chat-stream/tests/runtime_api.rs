@@ -243,6 +243,10 @@ impl Invocation {
     async fn start(event: Value, env: Vec<(&'static str, String)>) -> Invocation {
         let (runtime_api, polls, posted) = fake_runtime(event).await;
         let mut env = env;
+        // The signing secret is a plain variable unless the test names it in Secrets Manager.
+        if !env.iter().any(|(name, _)| *name == "JWT_SECRET_ID") {
+            env.push(("JWT_SECRET", JWT_SECRET.to_owned()));
+        }
         env.extend([
             ("AWS_LAMBDA_RUNTIME_API", runtime_api),
             ("AWS_LAMBDA_FUNCTION_NAME", "ai-chat-stream".to_owned()),
@@ -250,7 +254,6 @@ impl Invocation {
             ("AWS_LAMBDA_FUNCTION_VERSION", "1".to_owned()),
             ("AWS_LAMBDA_LOG_STREAM_NAME", "x".to_owned()),
             ("AWS_LAMBDA_LOG_GROUP_NAME", "x".to_owned()),
-            ("JWT_SECRET", JWT_SECRET.to_owned()),
             ("AWS_REGION", "us-east-1".to_owned()),
             ("AWS_ACCESS_KEY_ID", "test".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
@@ -311,6 +314,11 @@ struct Seeded {
 }
 
 async fn seed(endpoint: &str) -> Seeded {
+    seed_signed_by(endpoint, JWT_SECRET).await
+}
+
+/// As [`seed`], the token signed with `signing_secret`.
+async fn seed_signed_by(endpoint: &str, signing_secret: &str) -> Seeded {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -342,7 +350,7 @@ async fn seed(endpoint: &str) -> Seeded {
         .create_org(&org, "2026-11-01T00:00:00Z")
         .await
         .expect("creating the org");
-    let token = TokenIssuer::new(&Secret::new(JWT_SECRET), Duration::from_secs(3600))
+    let token = TokenIssuer::new(&Secret::new(signing_secret), Duration::from_secs(3600))
         .expect("a valid signing secret")
         .issue(&user.id, &user.email)
         .expect("issuing a token");
@@ -370,14 +378,15 @@ fn stream_event(token: &str, org: &str, prompt: &str) -> Value {
 }
 
 async fn simulator() -> String {
+    simulator_with(simulator::SimulatorConfig::default()).await
+}
+
+async fn simulator_with(config: simulator::SimulatorConfig) -> String {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding the simulator");
     let url = format!("http://{}", listener.local_addr().expect("its address"));
-    tokio::spawn(simulator::serve(
-        listener,
-        simulator::SimulatorConfig::default(),
-    ));
+    tokio::spawn(simulator::serve(listener, config));
     url
 }
 
@@ -639,4 +648,93 @@ async fn an_invalid_token_is_a_streamed_401() {
 
     // AND the runtime goes back for the next invocation
     invocation.polled(2).await;
+}
+
+/// moto's endpoint for Secrets Manager, or `None` without one (skipped loudly; failed under CI).
+fn secrets_manager_endpoint() -> Option<String> {
+    let Ok(endpoint) = std::env::var("GATEWAY_TEST_SECRETSMANAGER_ENDPOINT") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "GATEWAY_TEST_SECRETSMANAGER_ENDPOINT must be set under CI (bash infra/scripts/test.sh sets it)"
+        );
+        eprintln!("skipping: GATEWAY_TEST_SECRETSMANAGER_ENDPOINT is not set (run bash infra/scripts/test.sh)");
+        return None;
+    };
+    Some(endpoint)
+}
+
+/// Stores `value` as a new secret in Secrets Manager (moto); gives its ARN.
+async fn store_secret(endpoint: &str, value: &str) -> String {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+        .create_secret()
+        .name(format!("gateway-test-{}", uuid::Uuid::new_v4().simple()))
+        .secret_string(value)
+        .send()
+        .await
+        .expect("creating a secret in moto")
+        .arn()
+        .expect("the new secret's ARN")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn reads_its_signing_secret_and_provider_keys_from_secrets_manager() {
+    let (Some(dynamodb), Some(secrets)) = (dynamodb_endpoint(), secrets_manager_endpoint()) else {
+        return;
+    };
+    // GIVEN the signing secret and the provider keys only in Secrets Manager, a user whose token
+    // that secret signed, and a provider that accepts only the key kept there
+    let signing = format!(
+        "signing-secret-kept-in-secrets-manager-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let key = format!(
+        "gemini-key-kept-in-secrets-manager-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let jwt_secret_id = store_secret(&secrets, &signing).await;
+    let keys = json!({"GEMINI_API_KEY": key, "OPENAI_API_KEY": ""}).to_string();
+    let keys_secret_id = store_secret(&secrets, &keys).await;
+    let seeded = seed_signed_by(&dynamodb, &signing).await;
+    let gemini = simulator_with(simulator::SimulatorConfig {
+        api_key: Some(key.clone()),
+        ..simulator::SimulatorConfig::default()
+    })
+    .await;
+    let event = stream_event(&seeded.token, seeded.org.as_str(), "[sim:tokens=3] hi");
+
+    // WHEN the function starts with only the secrets' names and answers a streamed chat
+    let mut invocation = Invocation::start(
+        event,
+        vec![
+            ("GATEWAY_TABLE", seeded.table.clone()),
+            ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", secrets),
+            ("JWT_SECRET_ID", jwt_secret_id),
+            ("PROVIDER_KEYS_SECRET_ID", keys_secret_id),
+            ("GEMINI_BASE_URL", gemini),
+            ("RUST_LOG", "debug".to_owned()),
+        ],
+    )
+    .await;
+    let posted = invocation.posted().await;
+
+    // THEN the token verified and the provider took the key: the answer streamed in full
+    let streamed = split(&posted);
+    assert_eq!(streamed.prelude["statusCode"], 200, "{}", streamed.prelude);
+    let body = std::str::from_utf8(&streamed.body).expect("the SSE body is UTF-8");
+    let events = sse_events(body);
+    assert_eq!(events.len(), 5, "three deltas, usage, [DONE]: {events:#?}");
+    // AND neither secret appears in anything the function wrote, at debug level
+    let output = invocation.function.output();
+    assert!(!output.contains(&signing), "the signing secret was logged");
+    assert!(!output.contains(&key), "the provider key was logged");
 }

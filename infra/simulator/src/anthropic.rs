@@ -148,7 +148,7 @@ pub(crate) async fn messages(
     extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(error) = check_headers(&headers) {
+    if let Err(error) = check_headers(&headers, &state) {
         return error.into_response();
     }
     let request = match parse(body) {
@@ -220,7 +220,7 @@ pub(crate) async fn messages(
 
 /// Anthropic takes the key as `x-api-key` or, as recent SDKs (anthropic-python 2.x) send it, as
 /// a bearer token; `anthropic-version` is required.
-fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_headers(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
     let header_set = |name: &str| {
         headers
             .get(name)
@@ -231,12 +231,26 @@ fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| !token.trim().is_empty());
-    if !header_set("x-api-key") && !bearer {
+        .map(str::trim)
+        .filter(|token| !token.is_empty());
+    let key = headers
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .or(bearer);
+    let Some(key) = key else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "x-api-key header is required",
+        ));
+    };
+    if !state.accepts_key(key) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid x-api-key",
         ));
     }
     if !header_set("anthropic-version") {

@@ -185,10 +185,17 @@ pub(crate) async fn models(
         Ok(route) => route,
         Err(error) => return error.into_response(),
     };
-    if !has_key(&headers, &query) {
+    let Some(key) = presented_key(&headers, &query) else {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        )
+        .into_response();
+    };
+    if !state.accepts_key(key) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "API key not valid. Please pass a valid API key.",
         )
         .into_response();
     }
@@ -274,13 +281,14 @@ fn route<'a>(model_action: &'a str, query: &ModelsQuery) -> Result<(&'a str, Act
     Ok((model, action))
 }
 
-/// The key comes in `x-goog-api-key` or the `key` query parameter.
-fn has_key(headers: &HeaderMap, query: &ModelsQuery) -> bool {
+/// The key, from `x-goog-api-key` or the `key` query parameter.
+fn presented_key<'a>(headers: &'a HeaderMap, query: &'a ModelsQuery) -> Option<&'a str> {
     headers
         .get("x-goog-api-key")
         .and_then(|value| value.to_str().ok())
         .or(query.key.as_deref())
-        .is_some_and(|key| !key.trim().is_empty())
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
 }
 
 fn chunk<'a>(

@@ -116,6 +116,9 @@ pub struct SimulatorConfig {
     pub fail_after: Option<usize>,
     /// Answer with the last user message instead of the simulated text.
     pub echo: bool,
+    /// When set, the only API key accepted: any other gets the provider's invalid-key error, as
+    /// the real APIs answer it. When unset, any non-empty key is accepted.
+    pub api_key: Option<String>,
 }
 
 impl Default for SimulatorConfig {
@@ -128,6 +131,7 @@ impl Default for SimulatorConfig {
             cut_after: None,
             fail_after: None,
             echo: false,
+            api_key: None,
         }
     }
 }
@@ -171,6 +175,14 @@ struct AppState {
 }
 
 impl AppState {
+    /// Whether `presented` is a key this simulator accepts (see [`SimulatorConfig::api_key`]).
+    fn accepts_key(&self, presented: &str) -> bool {
+        self.config
+            .api_key
+            .as_deref()
+            .is_none_or(|expected| expected == presented)
+    }
+
     /// A response id: hex, derived from the request and a per-run sequence number.
     fn next_id(&self, seed: &str) -> String {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);

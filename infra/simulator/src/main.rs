@@ -38,6 +38,9 @@ struct Args {
     /// Answer with the last user message.
     #[arg(long)]
     echo: bool,
+    /// Accept only this API key (any other gets the provider's invalid-key error).
+    #[arg(long, env = "SIMULATOR_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[tokio::main]
@@ -57,6 +60,7 @@ async fn main() -> std::io::Result<()> {
         cut_after: args.cut_after,
         fail_after: args.fail_after,
         echo: args.echo,
+        api_key: args.api_key,
     };
     let listener = tokio::net::TcpListener::bind((args.host, args.port)).await?;
     let address = listener.local_addr()?;

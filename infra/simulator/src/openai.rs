@@ -201,6 +201,15 @@ pub(crate) async fn chat_completions(
         )
         .into_response();
     }
+    if !state.accepts_key(bearer_token(&headers).unwrap_or_default()) {
+        let mut error = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+        );
+        error.detail.code = Some("invalid_api_key");
+        return error.into_response();
+    }
     let request = match parse(body) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
@@ -452,12 +461,16 @@ fn set_headers(response: &mut Response, content_type: &'static str, id: &str) {
     }
 }
 
-fn has_bearer_token(headers: &HeaderMap) -> bool {
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| !token.trim().is_empty())
+        .map(str::trim)
+}
+
+fn has_bearer_token(headers: &HeaderMap) -> bool {
+    bearer_token(headers).is_some_and(|token| !token.is_empty())
 }
 
 fn parse(body: Result<Bytes, BytesRejection>) -> Result<request::ChatRequest, ApiError> {

@@ -1576,3 +1576,55 @@ async fn gemini_json_output_and_images() {
         (400, Some("INVALID_ARGUMENT"))
     );
 }
+
+#[tokio::test]
+async fn a_configured_key_is_the_only_one_accepted() {
+    // GIVEN a simulator that accepts only the key "right-key"
+    let base = start(SimulatorConfig {
+        api_key: Some("right-key".to_owned()),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let send = |path: &str, key_header: (&str, String), body: Value| {
+        client()
+            .post(format!("{base}{path}"))
+            .header(key_header.0, key_header.1)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let chat = json!({"model": "m", "max_tokens": 5, "messages": user("Hi")});
+    let gemini_body = json!({"contents": [{"parts": [{"text": "Hi"}]}]});
+    for (key, openai_status, anthropic_status, gemini_status) in
+        [("wrong-key", 401, 401, 400), ("right-key", 200, 200, 200)]
+    {
+        // WHEN each provider's endpoint is called with that key
+        let openai = send(
+            "/v1/chat/completions",
+            ("authorization", format!("Bearer {key}")),
+            chat.clone(),
+        )
+        .await
+        .expect("sent");
+        let anthropic = send("/v1/messages", ("x-api-key", key.to_owned()), chat.clone())
+            .await
+            .expect("sent");
+        let gemini = send(
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            ("x-goog-api-key", key.to_owned()),
+            gemini_body.clone(),
+        )
+        .await
+        .expect("sent");
+        // THEN only the configured key gets answers; others get each API's own refusal
+        assert_eq!(openai.status(), openai_status, "{key}");
+        assert_eq!(anthropic.status(), anthropic_status, "{key}");
+        assert_eq!(gemini.status(), gemini_status, "{key}");
+        if key == "wrong-key" {
+            let body: Value = openai.json().await.expect("JSON");
+            assert_eq!(body["error"]["code"], "invalid_api_key");
+            let body: Value = anthropic.json().await.expect("JSON");
+            assert_eq!(body["error"]["type"], "authentication_error");
+        }
+    }
+}
