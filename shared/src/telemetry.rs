@@ -271,10 +271,19 @@ where
 {
     use lambda_http::request::RequestContext;
     use lambda_http::RequestExt;
-    let log = RequestLog::start(request.method().as_str(), request.uri().path());
-    if let Some(RequestContext::ApiGatewayV1(context)) = request.request_context_ref() {
-        let id = context.request_id.clone();
-        log.edit(|line| line.aws_request_id = id);
+    let context = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(context)) => Some(context),
+        _ => None,
+    };
+    // API Gateway's resource (`/api/v1/orgs/{org_id}/api-keys`) names the route whatever the
+    // stage in the path; its parameters become `{id}` as in a path.
+    let path = context
+        .and_then(|c| c.resource_path.as_deref())
+        .map(resource_as_path)
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let log = RequestLog::start(request.method().as_str(), &path);
+    if let Some(id) = context.and_then(|c| c.request_id.clone()) {
+        log.edit(|line| line.aws_request_id = Some(id));
     }
     let result = log.scope(handler(request)).await;
     log.status(
@@ -283,6 +292,21 @@ where
             .map_or(500, |response| response.status().as_u16()),
     );
     result
+}
+
+/// An API Gateway resource path with every `{parameter}` as `{id}`.
+fn resource_as_path(resource: &str) -> String {
+    resource
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The route of `path`, its ids replaced by `{id}`, if it is one of the gateway's routes; else
@@ -447,6 +471,8 @@ mod tests {
         ] {
             assert_eq!(route_of(path), route, "{path}");
         }
+        let resource = resource_as_path("/api/v1/orgs/{org_id}/api-keys/{id}");
+        assert_eq!(route_of(&resource), "/api/v1/orgs/{id}/api-keys/{id}");
     }
 
     fn metered_line() -> RequestLine {

@@ -44,7 +44,11 @@ pub(crate) fn stream_deadline(request: &Request, started: Instant) -> Instant {
             .duration_since(UNIX_EPOCH)
             .ok()?
             .as_millis();
-        let left_ms = u128::from(context.deadline).saturating_sub(now_ms);
+        // A deadline already past at the start is no deadline (the local Runtime API emulator
+        // sends a fixed 600,000 ms since 1970): the hold's end bounds the stream instead.
+        let left_ms = u128::from(context.deadline)
+            .checked_sub(now_ms)
+            .filter(|left| *left > 0)?;
         Some(started + Duration::from_millis(u64::try_from(left_ms).ok()?))
     });
     let ends = invocation_ends.map_or(hold_ends, |ends| ends.min(hold_ends));
