@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Model, Plan};
 use crate::clock;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RequestError};
 use crate::ids::{ModelId, OrgId, UserId};
 use crate::limits::Ticket;
 use crate::money::NanoUsd;
@@ -441,6 +441,12 @@ pub async fn recent(
     month: &str,
     (limit, after): (usize, Option<&str>),
 ) -> Result<RequestList, GatewayError> {
+    if after.is_some_and(|a| uuid::Uuid::parse_str(a).is_err()) {
+        return Err(RequestError::InvalidField(
+            "after: must be the `next` cursor of a previous page".into(),
+        )
+        .into());
+    }
     let page = meter.recent_requests(org, month, limit, after).await?;
     Ok(RequestList {
         requests: page.requests.into_iter().map(RequestView::from).collect(),

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use gateway::api::extract::MAX_BODY_BYTES;
 use gateway::catalog::ProviderKind;
 use gateway::config::Settings;
-use gateway::error::RequestError;
+use gateway::error::{GatewayError, RequestError};
 use gateway::ids::{OrgId, PlanId};
 use gateway::secret::Secret;
 use gateway::store::dynamo::DynamoStore;
@@ -257,15 +257,12 @@ fn to_axum(response: gateway::api::respond::HttpResponse) -> Response {
 /// Turns the HTTP request into the `lambda_http::Request` API Gateway would deliver. A body
 /// announced larger than the limit is refused before it is read; one that arrives too slowly is
 /// given up on.
-async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
+async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Request, GatewayError> {
     let (parts, body) = request.into_parts();
     let too_large = || {
-        to_axum(gateway::api::respond::error(
-            RequestError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            }
-            .into(),
-        ))
+        GatewayError::from(RequestError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        })
     };
     let announced = parts
         .headers
@@ -284,7 +281,7 @@ async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Reque
         Ok(Err(_)) => return Err(too_large()),
         Err(_) => {
             let timeout = RequestError::Timeout("the request body took too long to arrive".into());
-            return Err(to_axum(gateway::api::respond::error(timeout.into())));
+            return Err(timeout.into());
         }
     };
     let body = if bytes.is_empty() {
@@ -302,7 +299,7 @@ async fn to_lambda(request: axum::extract::Request) -> Result<lambda_http::Reque
 async fn gateway_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
     match to_lambda(request).await {
         Ok(request) => to_axum(gateway::api::dispatch(&server.state, request).await),
-        Err(response) => response,
+        Err(err) => to_axum(gateway::api::respond::error(err)),
     }
 }
 
@@ -310,7 +307,7 @@ async fn gateway_route(State(server): State<Server>, request: axum::extract::Req
 async fn stream_route(State(server): State<Server>, request: axum::extract::Request) -> Response {
     let request = match to_lambda(request).await {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(err) => return to_axum(gateway::api::respond::error(err)),
     };
     streamed(gateway::api::chat_stream(&server.state, request).await)
 }
@@ -322,7 +319,7 @@ async fn completions_route(
 ) -> Response {
     let request = match to_lambda(request).await {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(err) => return to_axum(gateway::api::openai::refused(err)),
     };
     streamed(gateway::api::openai::chat_completions(&server.state, request).await)
 }

@@ -1,5 +1,6 @@
-//! The usage dashboard: one page of HTML, CSS and JavaScript that calls the public API from the
-//! browser. It is compiled in, so the function that serves it reads nothing at run time.
+//! The usage dashboard (one page of HTML, CSS and JavaScript that calls the public API from the
+//! browser) and the API's OpenAPI document. Both are compiled in, so the function that serves them
+//! reads nothing at run time.
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::StatusCode;
@@ -14,6 +15,37 @@ const PAGE: &str = include_str!("../../dashboard/index.html");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
     style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
+
+/// The OpenAPI 3.1 document of every route, as `shared/openapi.json` has it.
+const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// `GET /openapi.json` → the OpenAPI document.
+pub fn openapi(_request: Request) -> HttpResponse {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CACHE_CONTROL, "no-cache")
+        .header("access-control-allow-origin", "*")
+        .body(Body::Text(OPENAPI.to_owned()))
+        .unwrap_or_else(|_| Response::new(Body::Empty))
+}
+
+/// The page or the document, by the route API Gateway matched (or the path, locally): what the
+/// `dashboard` function serves.
+pub fn static_content(request: Request) -> HttpResponse {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let resource = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(context)) => context.resource_path.clone(),
+        _ => None,
+    };
+    let path = resource.unwrap_or_else(|| request.uri().path().to_owned());
+    if path.ends_with(super::OPENAPI_PATH) {
+        openapi(request)
+    } else {
+        dashboard(request)
+    }
+}
 
 /// `GET /` → the dashboard page.
 pub fn dashboard(_request: Request) -> HttpResponse {

@@ -192,5 +192,16 @@ pub fn path_param(request: &Request, name: &str, prefix: &str) -> Option<String>
         .strip_prefix(prefix)?
         .strip_prefix('/')?;
     let segment = rest.trim_end_matches('/');
-    (!segment.is_empty() && !segment.contains('/')).then(|| segment.to_owned())
+    (!segment.is_empty() && !segment.contains('/'))
+        .then(|| decoded(segment))
+        .flatten()
+}
+
+/// A path segment percent-decoded, as API Gateway hands path parameters over; `None` if it does
+/// not decode to UTF-8.
+pub fn decoded(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }

@@ -4,7 +4,7 @@ use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{caller, json_body};
+use super::extract::{caller, decoded, json_body};
 use super::respond::{finish, json, HttpResponse};
 use super::HandlerResult;
 use crate::access;
@@ -34,11 +34,13 @@ pub fn keys_path(request: &Request) -> Option<(OrgId, Option<KeyId>)> {
         .strip_prefix(ORGS_PATH)?
         .strip_prefix('/')?;
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let id = |segment: &str| decoded(segment).filter(|id| !id.is_empty());
     match parts.as_slice() {
-        [org, "api-keys"] if !org.is_empty() => Some((OrgId::from(*org), None)),
-        [org, "api-keys", id] if !org.is_empty() && !id.is_empty() => {
-            Some((OrgId::from(*org), Some(KeyId::from(*id))))
-        }
+        [org, "api-keys"] => Some((OrgId::from(id(org)?.as_str()), None)),
+        [org, "api-keys", key] => Some((
+            OrgId::from(id(org)?.as_str()),
+            Some(KeyId::from(id(key)?.as_str())),
+        )),
         _ => None,
     }
 }

@@ -9,7 +9,7 @@ pub mod respond;
 pub mod sse;
 pub mod stream;
 
-pub use dashboard::dashboard;
+pub use dashboard::{dashboard, openapi, static_content};
 pub use stream::{chat_stream, StreamingBody, StreamingResponse};
 
 use http::{Method, StatusCode};
@@ -573,6 +573,9 @@ pub const REQUESTS_PATH: &str = "/api/v1/ai/requests";
 /// The usage dashboard page.
 pub const DASHBOARD_PATH: &str = "/";
 
+/// The OpenAPI document of every route.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
 /// The streaming route, served apart because its body is a stream.
 pub const STREAM_PATH: &str = "/api/v1/ai/chat/stream";
 
@@ -588,6 +591,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/ai/usage"),
     ("GET", REQUESTS_PATH),
     ("GET", DASHBOARD_PATH),
+    ("GET", OPENAPI_PATH),
     ("POST", JOBS_PATH),
     ("GET", JOBS_PATH),
     ("POST", openai::COMPLETIONS_PATH),
@@ -612,6 +616,7 @@ pub const ROUTE_TEMPLATES: &[&str] = &[
     openai::MODELS_PATH,
     "/v1/models/{id}",
     DASHBOARD_PATH,
+    OPENAPI_PATH,
     "/admin/orgs/{id}/plan",
     "/health",
 ];
@@ -630,11 +635,17 @@ pub async fn dispatch(state: &AppState, request: Request) -> HttpResponse {
         ("GET", "/api/v1/ai/usage") => usage(state, request).await,
         ("GET", REQUESTS_PATH) => requests(state, request).await,
         ("GET", "") => Ok(dashboard(request)),
+        ("GET", OPENAPI_PATH) => Ok(openapi(request)),
         ("POST", JOBS_PATH) => submit_job(state, request).await,
         ("GET", JOBS_PATH) => list_jobs(state, request).await,
         ("GET", p) if p.starts_with("/api/v1/ai/jobs/") => get_job(state, request).await,
         ("GET", openai::MODELS_PATH) => openai::models(state, request).await,
-        ("GET", p) if p.starts_with("/v1/models/") => openai::models(state, request).await,
+        ("GET", p)
+            if p.strip_prefix("/v1/models/")
+                .is_some_and(|id| !id.contains('/')) =>
+        {
+            openai::models(state, request).await
+        }
         (m, _) if keys::keys_path(&request).is_some() => match (m, keys::keys_path(&request)) {
             ("POST", Some((_, None))) => keys::create_key(state, request).await,
             ("GET", Some((_, None))) => keys::list_keys(state, request).await,

@@ -434,6 +434,12 @@ fn classify_provider(
     }
 }
 
+/// A request refused before its handler ran (a body too large or too slow, on the local server),
+/// in OpenAI's shape.
+pub fn refused(err: GatewayError) -> HttpResponse {
+    error(err, &new_request_id())
+}
+
 /// An error in OpenAI's shape, with `x-request-id` and, for limits, the headers SDKs read.
 fn error(err: GatewayError, request_id: &str) -> HttpResponse {
     respond::log(&err);
