@@ -16,18 +16,17 @@ import json
 import math
 import os
 import re
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+import local_server
 from playwright.sync_api import expect, sync_playwright
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = local_server.REPO_ROOT
 CHROMIUM = "/usr/bin/chromium"
 ADMIN = "op-token"
 EMAIL = "dash@example.com"
@@ -44,11 +43,6 @@ tokens_per_month = "unlimited"
 max_tokens_per_request = 1024
 models = "all"
 """
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _call(method, url, body=None, token=None, org=None, form=None):
@@ -110,31 +104,10 @@ class Gateway:
 def gateway(tmp_path_factory):
     config = tmp_path_factory.mktemp("config") / "gateway.toml"
     config.write_text(PLANS)
-    binary = Path(os.environ.get("LOCAL_SERVER_BIN", REPO_ROOT / "target" / "debug" / "local-server"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "JWT_SECRET")}
-    env.update(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN, RUST_LOG="info", NO_COLOR="1")
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dashboard-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([str(binary), "--port", str(port)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"local-server exited: {log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"local-server did not start: {log_path.read_text()}")
-            time.sleep(0.1)
-    yield Gateway(base)
-    process.terminate()
-    process.wait(timeout=10)
+    env = local_server.clean_env(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN)
+    log_path = tmp_path_factory.mktemp("logs") / "local-server.log"
+    with local_server.running(env, log_path) as base:
+        yield Gateway(base)
 
 
 @pytest.fixture(scope="module")

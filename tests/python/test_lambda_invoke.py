@@ -45,7 +45,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+import local_server
+
+REPO_ROOT = local_server.REPO_ROOT
 EVENTS_DIR = REPO_ROOT / "events"
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 PLACEHOLDER = "REPLACE_WITH_"
@@ -79,11 +81,6 @@ def _unavailable(reason: str):
         pytest.fail(f"{reason} (required under CI)")
     pytest.skip(reason)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -210,7 +207,7 @@ class Harness:
     def start_watch(self):
         log_path = self.workdir / "cargo-lambda-watch.log"
         for _ in range(3):
-            port = _free_port()
+            port = local_server.free_port()
             with open(log_path, "w") as log:
                 watch = subprocess.Popen(
                     [self.cargo_lambda, "lambda", "watch", "--only-lambda-apis", "--ignore-changes",
@@ -364,7 +361,7 @@ def lam(tmp_path_factory):
 
     # The table, as the gateway itself creates it (`create_table_if_missing`): the local server
     # with --create-tables, stopped once it answers.
-    port = _free_port()
+    port = local_server.free_port()
     log_path = workdir / "local-server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(

@@ -26,9 +26,7 @@ import json
 import os
 import re
 import socket
-import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -36,6 +34,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+
+import local_server
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -194,11 +194,6 @@ def test_document_paths_are_exactly_the_routes():
 # ---------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _call(method, url, body=None, headers=None):
     headers = dict(headers or {})
@@ -308,13 +303,9 @@ def _server(store: str, workdir: Path, extra_env=None):
     """A local server on `store`, started as a user starts it, until the block ends: its base URL."""
     config = workdir / "gateway.toml"
     config.write_text(CONFIG)
-    binary = Path(os.environ.get("LOCAL_SERVER_BIN", REPO_ROOT / "target" / "debug" / "local-server"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "JWT_SECRET")}
-    env.update(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN, RUST_LOG="info", NO_COLOR="1")
+    env = local_server.clean_env(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN)
     env.update(extra_env or {})
-    args = [str(binary), "--port", str(port)]
+    args = []
     if store == "dynamodb":
         env["AWS_ENDPOINT_URL_DYNAMODB"] = _dynamodb_endpoint()
         # The test command exports dummies; these make the file runnable on its own too.
@@ -322,30 +313,10 @@ def _server(store: str, workdir: Path, extra_env=None):
                             ("AWS_REGION", "us-east-1"), ("AWS_DEFAULT_REGION", "us-east-1")):
             env.setdefault(name, value)
         args += ["--store", "dynamodb", "--create-tables", "--table", f"openapi-{uuid.uuid4().hex}"]
+    port = local_server.free_port()
     log_path = workdir / f"local-server-{store}-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"local-server exited: {log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"local-server did not start: {log_path.read_text()}")
-                time.sleep(0.1)
+    with local_server.running(env, log_path, args=args, port=port) as base:
         yield base, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module", params=["memory", "dynamodb"])
@@ -581,7 +552,7 @@ def failing_gateway(tmp_path_factory):
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)  # connections are accepted by the kernel and never answered
         env = {
-            "ANTHROPIC_API_KEY": "sk-ant-unreachable", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{_free_port()}",
+            "ANTHROPIC_API_KEY": "sk-ant-unreachable", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{local_server.free_port()}",
             "GEMINI_API_KEY": "silent", "GEMINI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
             "PROVIDER_CONNECT_TIMEOUT_SECONDS": "1", "PROVIDER_TIMEOUT_SECONDS": "1",
             "PROVIDER_IDLE_TIMEOUT_SECONDS": "1",

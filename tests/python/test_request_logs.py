@@ -7,16 +7,14 @@ Needs LOCAL_SERVER_BIN (default: target/debug/local-server); `bash infra/scripts
 """
 
 import json
-import os
-import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
-from test_openai_compat import REPO_ROOT, _call, _free_port
+import local_server
+from test_openai_compat import _call
 
 ADMIN = "operator-secret-token-for-logs"
 PASSWORD = "a very secret password 42"
@@ -75,34 +73,14 @@ class Server:
 def server(tmp_path_factory):
     config = tmp_path_factory.mktemp("config") / "gateway.toml"
     config.write_text(PLANS)
-    binary = Path(os.environ.get("LOCAL_SERVER_BIN", REPO_ROOT / "target" / "debug" / "local-server"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "JWT_SECRET")}
     # A provider key that is set but points at nothing: it must not show up in any line either.
-    env.update(GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN, RUST_LOG="debug",
-               NO_COLOR="1", JWT_SECRET="jwt-secret-that-must-never-be-logged-0123456789",
-               OPENAI_API_KEY=PROVIDER_KEY, OPENAI_BASE_URL="http://127.0.0.1:9")
+    env = local_server.clean_env(
+        GATEWAY_CONFIG=str(config), GATEWAY_ADMIN_TOKEN=ADMIN, RUST_LOG="debug",
+        JWT_SECRET="jwt-secret-that-must-never-be-logged-0123456789",
+        OPENAI_API_KEY=PROVIDER_KEY, OPENAI_BASE_URL="http://127.0.0.1:9")
     log_path = tmp_path_factory.mktemp("logs") / "local-server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([str(binary), "--port", str(port), "--log-json"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"local-server exited: {log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"local-server did not start: {log_path.read_text()}")
-            time.sleep(0.1)
-    yield Server(base, log_path)
-    process.terminate()
-    process.wait(timeout=10)
+    with local_server.running(env, log_path, args=["--log-json"]) as base:
+        yield Server(base, log_path)
 
 
 @pytest.fixture(scope="module")
