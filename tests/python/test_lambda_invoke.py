@@ -45,9 +45,8 @@ from pathlib import Path
 
 import pytest
 
-import local_server
+from local_server import REPO_ROOT, free_port
 
-REPO_ROOT = local_server.REPO_ROOT
 EVENTS_DIR = REPO_ROOT / "events"
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 PLACEHOLDER = "REPLACE_WITH_"
@@ -207,7 +206,7 @@ class Harness:
     def start_watch(self):
         log_path = self.workdir / "cargo-lambda-watch.log"
         for _ in range(3):
-            port = local_server.free_port()
+            port = free_port()
             with open(log_path, "w") as log:
                 watch = subprocess.Popen(
                     [self.cargo_lambda, "lambda", "watch", "--only-lambda-apis", "--ignore-changes",
@@ -361,7 +360,7 @@ def lam(tmp_path_factory):
 
     # The table, as the gateway itself creates it (`create_table_if_missing`): the local server
     # with --create-tables, stopped once it answers.
-    port = local_server.free_port()
+    port = free_port()
     log_path = workdir / "local-server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
