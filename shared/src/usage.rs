@@ -9,13 +9,14 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Model, Plan};
 use crate::clock;
-use crate::error::{GatewayError, RequestError};
+use crate::error::GatewayError;
 use crate::ids::{ModelId, OrgId, UserId};
 use crate::limits::Ticket;
 use crate::money::NanoUsd;
 use crate::providers::Usage;
 use crate::store::{
-    DailyChange, Hold, MeterStore, MonthChange, Outcome, Party, RequestRecord, Settlement,
+    DailyChange, DailyUsage, Hold, MeterStore, MonthChange, Outcome, Party, RequestRecord,
+    Settlement,
 };
 
 /// How a request ended, as metering sees it.
@@ -310,18 +311,7 @@ pub async fn report(
     let mut by_model: BTreeMap<String, (u64, u64, u64, u64, NanoUsd)> = BTreeMap::new();
     let mut days = meter.daily_usage(org, month).await?;
     days.sort_by(|a, b| (&a.date, &a.model).cmp(&(&b.date, &b.model)));
-    let daily = days
-        .iter()
-        .map(|day| DayUsage {
-            date: day.date.clone(),
-            model: day.model.clone(),
-            messages: day.message_count,
-            tokens: day.total_tokens,
-            input_tokens: day.input_tokens,
-            output_tokens: day.output_tokens,
-            cost: NanoUsd(day.estimated_cost).as_cents(),
-        })
-        .collect();
+    let daily = days.iter().map(DayUsage::from).collect();
     for day in days {
         let entry = by_model.entry(day.model).or_default();
         entry.0 = entry.0.saturating_add(day.message_count);
@@ -383,6 +373,20 @@ pub async fn report(
     })
 }
 
+impl From<&DailyUsage> for DayUsage {
+    fn from(day: &DailyUsage) -> DayUsage {
+        DayUsage {
+            date: day.date.clone(),
+            model: day.model.clone(),
+            messages: day.message_count,
+            tokens: day.total_tokens,
+            input_tokens: day.input_tokens,
+            output_tokens: day.output_tokens,
+            cost: NanoUsd(day.estimated_cost).as_cents(),
+        }
+    }
+}
+
 /// `GET /api/v1/ai/requests`: an org's recent requests, newest first.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RequestList {
@@ -441,12 +445,6 @@ pub async fn recent(
     month: &str,
     (limit, after): (usize, Option<&str>),
 ) -> Result<RequestList, GatewayError> {
-    if after.is_some_and(|a| uuid::Uuid::parse_str(a).is_err()) {
-        return Err(RequestError::InvalidField(
-            "after: must be the `next` cursor of a previous page".into(),
-        )
-        .into());
-    }
     let page = meter.recent_requests(org, month, limit, after).await?;
     Ok(RequestList {
         requests: page.requests.into_iter().map(RequestView::from).collect(),

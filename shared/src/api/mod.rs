@@ -375,6 +375,21 @@ fn page_limit(request: &Request) -> Result<usize, RequestError> {
         .ok_or_else(|| RequestError::InvalidField(format!("limit: must be 1-100, got {raw:?}")))
 }
 
+/// `?after=` of a listing: the `next` of a previous page, an id (a UUID). Anything else would
+/// reach the store as a key.
+fn page_after(request: &Request) -> Result<Option<String>, RequestError> {
+    let after = extract::query_param(request, "after");
+    if after
+        .as_deref()
+        .is_some_and(|a| uuid::Uuid::parse_str(a).is_err())
+    {
+        return Err(RequestError::InvalidField(
+            "after: must be the `next` cursor of a previous page".into(),
+        ));
+    }
+    Ok(after)
+}
+
 /// `GET /api/v1/ai/requests[?month=YYYY-MM&limit=N&after=ID]` → the org's requests, newest
 /// first, with the `next` page's start.
 pub async fn requests(state: &AppState, request: Request) -> HandlerResult {
@@ -384,7 +399,7 @@ pub async fn requests(state: &AppState, request: Request) -> HandlerResult {
 async fn requests_inner(state: &AppState, request: &Request) -> Result<HttpResponse, GatewayError> {
     let (_, membership) = principal_org(state, request).await?;
     let month = month_param(state, request)?;
-    let page = (page_limit(request)?, extract::query_param(request, "after"));
+    let page = (page_limit(request)?, page_after(request)?);
     let list = usage::recent(
         state.stores.meter.as_ref(),
         &membership.org.id,
@@ -559,7 +574,7 @@ async fn list_jobs_inner(
     let caller = caller(state, request)?;
     let membership = current_org(state, request, &caller).await?;
     let limit = page_limit(request)?;
-    let after = extract::query_param(request, "after");
+    let after = page_after(request)?;
     let (jobs, next) = jobs::list(state, &membership.org.id, limit, after.as_deref()).await?;
     Ok(json(StatusCode::OK, &JobList { jobs, next }))
 }

@@ -9,9 +9,7 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 
 use super::item::{get_i64, get_s, get_u64, item, key, n, s, Item};
 use super::keys;
-use super::table::{
-    applied, build_error, put_new, unavailable, DynamoStore, Transaction, TransactionFailure,
-};
+use super::table::{applied, build_error, put_new, DynamoStore, Transaction, TransactionFailure};
 
 /// What each write of a job's creation is, so its refusal is read by meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,29 +157,11 @@ impl JobStore for DynamoStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<JobPage, StoreError> {
-        let mut query = self
-            .client()
-            .query()
-            .table_name(self.table())
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(keys::jobs_of(org)))
-            .scan_index_forward(false)
-            .limit(i32::try_from(limit).unwrap_or(100));
-        if let Some(after) = after {
-            query = query.exclusive_start_key("pk", s(keys::jobs_of(org)));
-            query = query.exclusive_start_key("sk", s(after));
-        }
-        let out = query.send().await.map_err(unavailable)?;
-        let ids: Vec<String> = out
-            .items
-            .unwrap_or_default()
+        let (items, next) = self.query_newest(keys::jobs_of(org), limit, after).await?;
+        let ids: Vec<String> = items
             .iter()
             .map(|i| get_s(i, "job_id").map(str::to_owned))
             .collect::<Result<_, _>>()?;
-        let next = out
-            .last_evaluated_key
-            .and_then(|k| k.get("sk").cloned())
-            .and_then(|v| v.as_s().ok().cloned());
         let wanted = ids
             .iter()
             .map(|id| keys::job(&JobId::from(id.as_str())))
