@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod api_keys;
 pub mod auth;
+pub mod aws;
 pub mod catalog;
 pub mod chat;
 pub mod clock;

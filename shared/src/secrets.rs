@@ -76,7 +76,7 @@ pub const PROVIDER_KEY_NAMES: [(&str, ProviderKind); 3] = [
 ];
 
 /// Reads the named secrets from Secrets Manager, all at once.
-pub async fn fetch(aws: &aws_config::SdkConfig, named: &Named) -> Result<Fetched, SecretsError> {
+pub async fn fetch(aws: &aws_types::SdkConfig, named: &Named) -> Result<Fetched, SecretsError> {
     if named.is_empty() {
         return Ok(Fetched::default());
     }

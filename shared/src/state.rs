@@ -42,8 +42,8 @@ pub struct AppState {
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("building the HTTP client failed: {0}")]
-    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Http(#[from] crate::providers::ClientError),
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
 }
@@ -110,7 +110,7 @@ impl AppState {
 /// configuration its clients share (read once, however many clients it builds).
 pub struct Environment {
     pub settings: Settings,
-    aws: aws_config::SdkConfig,
+    aws: aws_types::SdkConfig,
 }
 
 impl Environment {
@@ -118,11 +118,7 @@ impl Environment {
     /// Secrets Manager (see [`crate::secrets`]).
     pub async fn load() -> Result<Environment, StartupError> {
         let named = secrets::Named::from_env()?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(client) = aws_https_client() {
-            loader = loader.http_client(client);
-        }
-        let aws = loader.load().await;
+        let aws = crate::aws::lambda_config();
         let fetched = secrets::fetch(&aws, &named).await?;
         let mut settings = Settings::from_env_or(fetched.jwt_secret.clone())?;
         fetched.apply_keys(&mut settings.providers);
@@ -134,66 +130,5 @@ impl Environment {
         let table = self.settings.require_table()?;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&self.aws), table);
         AppState::base(&self.settings, Stores::from(Arc::new(store)))
-    }
-}
-
-/// The roots of Amazon Trust Services (Amazon Root CA 1 to 4 and Starfield Services Root G2),
-/// which every AWS service endpoint's certificate chains to.
-const AWS_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
-
-/// The AWS SDK's own HTTPS client (rustls with aws-lc) trusting only the roots AWS endpoints use,
-/// compiled in. The SDK's default parses every root of the system's bundle and certificate
-/// directory (~290 certificates here) as it builds its first client: 17.5 M of a store-only
-/// function's 20 M instructions before its first request. `SSL_CERT_FILE` replaces these roots
-/// (an endpoint behind a TLS-inspecting proxy); with `SSL_CERT_DIR` set, the SDK's default
-/// client is kept (`None`).
-fn aws_https_client() -> Option<aws_smithy_runtime_api::client::http::SharedHttpClient> {
-    aws_https_client_given(
-        std::env::var_os("SSL_CERT_FILE"),
-        std::env::var_os("SSL_CERT_DIR").is_some(),
-    )
-}
-
-fn aws_https_client_given(
-    cert_file: Option<std::ffi::OsString>,
-    cert_dir_set: bool,
-) -> Option<aws_smithy_runtime_api::client::http::SharedHttpClient> {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    if cert_dir_set {
-        return None;
-    }
-    let roots = match cert_file {
-        Some(path) => std::fs::read(path).ok()?,
-        None => AWS_ROOTS.as_bytes().to_vec(),
-    };
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::empty().with_pem_certificate(roots))
-        .build()
-        .ok()?;
-    Some(
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build_https(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_aws_roots_are_the_five_of_amazon_trust_services() {
-        let pem = AWS_ROOTS.as_bytes();
-        let certificates = pem
-            .split(|b| *b == b'\n')
-            .filter(|line| line.starts_with(b"-----BEGIN CERTIFICATE-----"))
-            .count();
-        assert_eq!(certificates, 5);
-        assert!(aws_https_client_given(None, false).is_some());
-        assert!(
-            aws_https_client_given(None, true).is_none(),
-            "SSL_CERT_DIR keeps the SDK's default"
-        );
     }
 }

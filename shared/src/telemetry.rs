@@ -13,7 +13,9 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::error::{GatewayError, LimitError};
 use crate::ids::OrgId;
@@ -33,8 +35,16 @@ static FORMAT: OnceLock<Format> = OnceLock::new();
 /// The CloudWatch namespace of the metrics: `METRICS_NAMESPACE`, else `AiGateway`.
 static NAMESPACE: OnceLock<String> = OnceLock::new();
 
-fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+/// `RUST_LOG` as a level (`debug`) or levels by target (`gateway=debug,info`), else `info`. A value
+/// that does not parse is ignored rather than stopping the function.
+fn filter() -> Targets {
+    filter_of(std::env::var("RUST_LOG").ok().as_deref())
+}
+
+fn filter_of(value: Option<&str>) -> Targets {
+    value
+        .and_then(|value| value.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
 }
 
 /// One JSON object per line, as CloudWatch Logs Insights queries them. `RUST_LOG` sets the level.
@@ -42,11 +52,13 @@ pub fn init_json() {
     let _ = FORMAT.set(Format::Json);
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter())
+        .with_max_level(LevelFilter::TRACE)
         .with_current_span(false)
         .with_ansi(false)
         .without_time() // Lambda stamps every line itself.
         .with_target(false)
+        .finish()
+        .with(filter())
         .try_init();
 }
 
@@ -54,8 +66,10 @@ pub fn init_json() {
 pub fn init_text() {
     let _ = FORMAT.set(Format::Text);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter())
+        .with_max_level(LevelFilter::TRACE)
         .with_target(false)
+        .finish()
+        .with(filter())
         .try_init();
 }
 
@@ -449,6 +463,22 @@ pub fn emf(line: &RequestLine, at: SystemTime) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_sets_the_level_overall_or_by_target() {
+        use tracing::Level;
+        let default = filter_of(None);
+        assert!(default.would_enable("gateway", &Level::INFO));
+        assert!(!default.would_enable("gateway", &Level::DEBUG));
+        assert!(filter_of(Some("debug")).would_enable("hyper", &Level::DEBUG));
+        let by_target = filter_of(Some("gateway=debug,warn"));
+        assert!(by_target.would_enable("gateway::api", &Level::DEBUG));
+        assert!(!by_target.would_enable("hyper", &Level::INFO));
+        assert!(by_target.would_enable("hyper", &Level::WARN));
+        let unreadable = filter_of(Some("gateway=loud"));
+        assert!(unreadable.would_enable("gateway", &Level::INFO));
+        assert!(!unreadable.would_enable("gateway", &Level::DEBUG));
+    }
 
     #[test]
     fn routes_are_the_gateways_own_with_ids_hidden() {

@@ -7,6 +7,7 @@ pub mod gemini;
 pub mod openai;
 pub mod schema;
 pub mod sse;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -599,6 +600,15 @@ pub(crate) fn tool_round_trip(upstream_model: &str) -> ChatRequest {
     }
 }
 
+/// Why the provider client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("building the HTTP client failed: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Every provider adapter, built once at cold start around one HTTP client.
 #[derive(Debug, Clone)]
 pub struct Providers {
@@ -608,8 +618,9 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(settings: &ProviderSettings) -> Result<Providers, reqwest::Error> {
+    pub fn new(settings: &ProviderSettings) -> Result<Providers, ClientError> {
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls::client_config()?)
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("ai-gateway/", env!("CARGO_PKG_VERSION")))
