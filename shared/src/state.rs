@@ -14,11 +14,12 @@ use crate::secrets;
 use crate::store::dynamo::DynamoStore;
 use crate::store::Stores;
 
-/// The shared state of one process: cheap to clone.
+/// The shared state of one process: cheap to clone (a request holds a clone while it runs), so
+/// whatever owns heap data sits behind an `Arc`.
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Arc<Catalog>,
-    pub tokens: TokenIssuer,
+    pub tokens: Arc<TokenIssuer>,
     pub stores: Stores,
     pub providers: Providers,
     pub clock: Arc<dyn Clock>,
@@ -29,7 +30,7 @@ pub struct AppState {
     /// Memberships this process read recently, confirmed again by every admission.
     pub access: Arc<AccessCache>,
     /// Hashes the API keys callers present.
-    pub key_hasher: KeyHasher,
+    pub key_hasher: Arc<KeyHasher>,
     /// How long a whole answer (not a stream) may take in all, retries and fallbacks included.
     pub deadline: std::time::Duration,
     /// Password hashes computed at once: each holds ~19 MiB and a core while it runs, so a flood
@@ -55,7 +56,7 @@ impl AppState {
     pub fn base(settings: &Settings, stores: Stores) -> Result<AppState, StartupError> {
         Ok(AppState {
             catalog: Arc::new(settings.catalog.clone()),
-            tokens: TokenIssuer::new(&settings.jwt_secret, settings.token_ttl)?,
+            tokens: Arc::new(TokenIssuer::new(&settings.jwt_secret, settings.token_ttl)?),
             stores,
             providers: Providers::absent(),
             clock: Arc::new(SystemClock),
@@ -63,7 +64,7 @@ impl AppState {
             queue: None,
             jobs_max_receives: settings.jobs_max_receives,
             access: Arc::new(AccessCache::new()),
-            key_hasher: KeyHasher::new(&settings.jwt_secret),
+            key_hasher: Arc::new(KeyHasher::new(&settings.jwt_secret)),
             deadline: settings.providers.deadline,
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),

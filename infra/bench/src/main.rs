@@ -38,6 +38,11 @@ use gateway::AppState;
 use load::{Load, Outcome, Target};
 use local_server::StoreKind;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+/// The local server's allocator (see infra/local-server/src/main.rs), for the gateway, the
+/// simulator and the load client alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 

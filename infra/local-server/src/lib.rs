@@ -51,7 +51,8 @@ pub struct Options {
 /// A running gateway's shared state and the routes that serve it.
 #[derive(Clone)]
 struct Server {
-    state: AppState,
+    /// Behind an `Arc`: axum clones the router's state for every request.
+    state: Arc<AppState>,
     admin_token: Option<Arc<Secret>>,
 }
 
@@ -146,7 +147,7 @@ pub async fn build_on(
 /// The routes: the operator route when enabled, everything else through the gateway's dispatch.
 pub fn router(state: AppState, admin_token: Option<Secret>) -> Router {
     let server = Server {
-        state,
+        state: Arc::new(state),
         admin_token: admin_token.map(Arc::new),
     };
     Router::new()
