@@ -20,12 +20,15 @@ use aws_types::region::Region;
 use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 use aws_types::SdkConfig;
 
-/// The configuration of a function's AWS clients, from its environment.
-pub fn lambda_config() -> SdkConfig {
+use crate::providers::tls::{read_roots, TlsError};
+
+/// The configuration of a function's AWS clients, from its environment. Fails only on roots
+/// `SSL_CERT_FILE` names that cannot be read or parsed.
+pub fn lambda_config() -> Result<SdkConfig, TlsError> {
     lambda_config_from(Env::real())
 }
 
-fn lambda_config_from(env: Env) -> SdkConfig {
+fn lambda_config_from(env: Env) -> Result<SdkConfig, TlsError> {
     let region = env
         .get("AWS_REGION")
         .or_else(|_| env.get("AWS_DEFAULT_REGION"))
@@ -45,10 +48,10 @@ fn lambda_config_from(env: Env) -> SdkConfig {
     if let Some(client) = https_client(
         env.get("SSL_CERT_FILE").ok(),
         env.get("SSL_CERT_DIR").is_ok(),
-    ) {
+    )? {
         builder = builder.http_client(client);
     }
-    builder.build()
+    Ok(builder.build())
 }
 
 /// Service settings (`AWS_ENDPOINT_URL_<SERVICE>`) read from the environment the way the SDK's
@@ -75,26 +78,30 @@ const AWS_ROOTS: &str = include_str!("../certs/amazon-trust-services.pem");
 /// directory (~290 certificates here) as it builds its first client: 17.5 M of a store-only
 /// function's 20 M instructions before its first request. `SSL_CERT_FILE` replaces these roots
 /// (an endpoint behind a TLS-inspecting proxy); with `SSL_CERT_DIR` set, the SDK's default
-/// client is kept (`None`).
-fn https_client(cert_file: Option<String>, cert_dir_set: bool) -> Option<SharedHttpClient> {
+/// client is kept (`None`). A file that cannot be read or parsed is an error here: the SDK would
+/// panic on it at its first connection.
+fn https_client(
+    cert_file: Option<String>,
+    cert_dir_set: bool,
+) -> Result<Option<SharedHttpClient>, TlsError> {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
     if cert_dir_set {
-        return None;
+        return Ok(None);
     }
     let roots = match cert_file {
-        Some(path) => std::fs::read(path).ok()?,
+        Some(path) => read_roots(std::ffi::OsStr::new(&path))?.pem,
         None => AWS_ROOTS.as_bytes().to_vec(),
     };
     let context = TlsContext::builder()
         .with_trust_store(TrustStore::empty().with_pem_certificate(roots))
         .build()
-        .ok()?;
-    Some(
+        .map_err(|err| TlsError::Aws(err.to_string()))?;
+    Ok(Some(
         aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
             .tls_context(context)
             .build_https(),
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -109,15 +116,27 @@ mod tests {
             .filter(|line| line.starts_with(b"-----BEGIN CERTIFICATE-----"))
             .count();
         assert_eq!(certificates, 5);
-        assert!(https_client(None, false).is_some());
+        assert!(https_client(None, false).expect("roots").is_some());
         assert!(
-            https_client(None, true).is_none(),
+            https_client(None, true).expect("default").is_none(),
             "SSL_CERT_DIR keeps the SDK's default"
+        );
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/certs/amazon-trust-services.pem"
+        );
+        assert!(https_client(Some(file.into()), false)
+            .expect("file")
+            .is_some());
+        let missing = https_client(Some("/nonexistent/roots.pem".into()), false).unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/roots.pem"),
+            "{missing}"
         );
     }
 
     fn config(vars: &[(&str, &str)]) -> SdkConfig {
-        lambda_config_from(Env::from_slice(vars))
+        lambda_config_from(Env::from_slice(vars)).expect("config")
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum StartupError {
     Http(#[from] crate::providers::ClientError),
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    #[error(transparent)]
+    Tls(#[from] crate::providers::tls::TlsError),
 }
 
 impl AppState {
@@ -119,7 +121,7 @@ impl Environment {
     /// Secrets Manager (see [`crate::secrets`]).
     pub async fn load() -> Result<Environment, StartupError> {
         let named = secrets::Named::from_env()?;
-        let aws = crate::aws::lambda_config();
+        let aws = crate::aws::lambda_config()?;
         let fetched = secrets::fetch(&aws, &named).await?;
         let mut settings = Settings::from_env_or(fetched.jwt_secret.clone())?;
         fetched.apply_keys(&mut settings.providers);

@@ -1,4 +1,5 @@
-//! The provider client's TLS: which roots it trusts and how it is set up.
+//! The provider client's TLS: which roots it trusts and how it is set up; and the roots file
+//! (`SSL_CERT_FILE`) both it and the AWS client read.
 //!
 //! reqwest's own rustls set-up verifies with the platform verifier, which reads and parses every
 //! root of the system's bundle and certificate directory when the client is built: most of a chat
@@ -21,6 +22,8 @@ pub enum TlsError {
     Roots { path: String, reason: String },
     #[error("setting up TLS failed: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("setting up the AWS client's TLS failed: {0}")]
+    Aws(String),
 }
 
 /// The client configuration for the provider client, from the environment (`SSL_CERT_FILE`).
@@ -30,7 +33,7 @@ pub fn client_config() -> Result<ClientConfig, TlsError> {
 
 fn client_config_with(cert_file: Option<OsString>) -> Result<ClientConfig, TlsError> {
     let roots = match cert_file {
-        Some(path) => roots_from(&path)?,
+        Some(path) => read_roots(&path)?.store,
         None => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
@@ -45,24 +48,31 @@ fn client_config_with(cert_file: Option<OsString>) -> Result<ClientConfig, TlsEr
     Ok(config)
 }
 
-fn roots_from(path: &std::ffi::OsStr) -> Result<RootCertStore, TlsError> {
+/// The roots of a PEM file (`SSL_CERT_FILE`): its bytes, as the AWS SDK takes them, and the
+/// certificates, each checked the way rustls reads it. The SDK panics on a certificate it cannot
+/// parse when it first connects, so a file is checked here, at start, for both clients.
+pub(crate) struct PemRoots {
+    pub pem: Vec<u8>,
+    pub store: RootCertStore,
+}
+
+pub(crate) fn read_roots(path: &std::ffi::OsStr) -> Result<PemRoots, TlsError> {
     let failed = |reason: String| TlsError::Roots {
         path: path.to_string_lossy().into_owned(),
         reason,
     };
-    let mut roots = RootCertStore::empty();
-    let certificates =
-        CertificateDer::pem_file_iter(path).map_err(|err| failed(err.to_string()))?;
-    for certificate in certificates {
+    let pem = std::fs::read(path).map_err(|err| failed(err.to_string()))?;
+    let mut store = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
         let certificate = certificate.map_err(|err| failed(err.to_string()))?;
-        roots
+        store
             .add(certificate)
             .map_err(|err| failed(err.to_string()))?;
     }
-    if roots.is_empty() {
+    if store.is_empty() {
         return Err(failed("no certificate in the file".into()));
     }
-    Ok(roots)
+    Ok(PemRoots { pem, store })
 }
 
 #[cfg(test)]
@@ -81,8 +91,9 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/certs/amazon-trust-services.pem"
         );
-        let roots = roots_from(std::ffi::OsStr::new(file)).expect("pem file");
-        assert_eq!(roots.len(), 5);
+        let roots = read_roots(std::ffi::OsStr::new(file)).expect("pem file");
+        assert_eq!(roots.store.len(), 5);
+        assert_eq!(roots.pem, std::fs::read(file).expect("read"));
         assert!(webpki_roots::TLS_SERVER_ROOTS.len() > 100);
 
         let missing = client_config_with(Some("/nonexistent/roots.pem".into())).unwrap_err();
@@ -95,7 +106,15 @@ mod tests {
         let empty = std::env::temp_dir().join(format!("empty-roots-{}.pem", std::process::id()));
         std::fs::write(&empty, "no certificate here\n").expect("write");
         let refused = client_config_with(Some(empty.clone().into())).unwrap_err();
-        let _ = std::fs::remove_file(&empty);
         assert!(refused.to_string().contains("no certificate"), "{refused}");
+        // Framed as a certificate, but not one: refused at start, not when a client connects.
+        std::fs::write(
+            &empty,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let broken = read_roots(empty.as_os_str()).err();
+        let _ = std::fs::remove_file(&empty);
+        assert!(matches!(broken, Some(TlsError::Roots { .. })));
     }
 }
