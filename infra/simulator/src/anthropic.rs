@@ -171,7 +171,7 @@ pub(crate) async fn messages(
         "message"
     );
 
-    tokio::time::sleep(script.latency).await;
+    script.wait_latency().await;
     match state.outcome(&script, stream) {
         Outcome::Fail(status) => {
             return crate::failed(ApiError::simulated(status).into_response(), &script)

@@ -219,7 +219,7 @@ pub(crate) async fn models(
         "generate content"
     );
 
-    tokio::time::sleep(script.latency).await;
+    script.wait_latency().await;
     match state.outcome(&script, stream) {
         Outcome::Fail(status) => {
             return crate::failed(ApiError::simulated(status).into_response(), &script)

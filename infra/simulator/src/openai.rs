@@ -231,7 +231,7 @@ pub(crate) async fn chat_completions(
         "chat completion"
     );
 
-    tokio::time::sleep(script.latency).await;
+    script.wait_latency().await;
     match state.outcome(&script, stream) {
         Outcome::Fail(status) => {
             return crate::failed(ApiError::simulated(status).into_response(), &script)

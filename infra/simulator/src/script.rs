@@ -272,6 +272,15 @@ pub struct Script {
 }
 
 impl Script {
+    /// Waits the latency asked for before the response headers, and not at all when it is zero:
+    /// a zero-length sleep still waits for the runtime's next timer tick (up to a millisecond),
+    /// which would make every answer of a provider meant to be instant take a millisecond.
+    pub async fn wait_latency(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+    }
+
     /// Plans the answer to `turn`: directives in the prompt win over the global config.
     pub fn new(config: &SimulatorConfig, turn: &Turn<'_>) -> Self {
         let (directives, prompt) = parse_directives_for(turn.prompt, Some(turn.provider));
