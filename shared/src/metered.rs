@@ -7,6 +7,8 @@
 //! unsettled (its client went away, its future was cancelled) settles from its `Drop`: charged the
 //! input it sent if the provider was called, given back if not. A hold is never left to lapse.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -114,7 +116,7 @@ async fn admit_prepared(
     // Admission runs to its end on its own task: if the caller goes away meanwhile, the call it
     // made is dropped with the task's output, and its Drop gives the message and hold back.
     let log = RequestLog::current();
-    let admission = tokio::spawn(async move {
+    let admission = to_the_end(async move {
         let now = (state.clock.now(), state.request_retention);
         let meter = state.stores.meter.as_ref();
         let ticket = match limits::admit(meter, now, &org, &plan, &chat, check).await? {
@@ -144,6 +146,21 @@ async fn admit_prepared(
     admission
         .await
         .map_err(|e| GatewayError::Internal(format!("admission task failed: {e}")))?
+}
+
+/// Runs `work` to its end even if the caller stops waiting for it. It is polled here first: work
+/// that is done at once (the in-memory store's) costs no task and no wake-up of another thread;
+/// work that has to wait is handed, as it stands, to a task of its own, which finishes it whatever
+/// the caller does. Between that first poll and the hand-over nothing awaits, so there is no moment
+/// at which dropping the caller could abandon the work half done.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let mut work = Box::pin(work);
+    if let Poll::Ready(done) = futures::poll!(work.as_mut()) {
+        return Ok(done);
+    }
+    tokio::spawn(work).await
 }
 
 /// The plan of a membership's org, as the catalog defines it.
@@ -374,7 +391,7 @@ impl Admitted {
             error: None,
         });
         // The write runs on its own task, so it is done even if the worker stops waiting.
-        let write = tokio::spawn(async move {
+        let write = to_the_end(async move {
             let meter = call.state.stores.meter.clone();
             let Err(err) = meter.settle(&settlement).await else {
                 return ItemAnswer::Stored;
@@ -433,8 +450,7 @@ impl Admitted {
         if let Some(call) = self.call.take() {
             let settlement = call.settlement(ending);
             let meter = call.state.stores.meter.clone();
-            let write =
-                tokio::spawn(async move { usage::apply(meter.as_ref(), &settlement).await });
+            let write = to_the_end(async move { usage::apply(meter.as_ref(), &settlement).await });
             if let Err(error) = write.await {
                 tracing::error!(request_id = %call.ticket.request_id, %error, "the settling task failed");
             }

@@ -7,13 +7,17 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::routing::post;
 use axum::{Json, Router};
 use gateway::chat::{self, ChatBody};
 use gateway::config::Settings;
 use gateway::ids::{OrgId, PlanId, UserId};
 use gateway::metered;
-use gateway::store::{MonthCounter, Outcome, Party, RequestRecord, Store, Stores};
+use gateway::store::{
+    Admission, AdmitOutcome, DailyUsage, MeterStore, MonthCounter, Outcome, Party, RequestPage,
+    RequestRecord, Settlement, Slot, Store, StoreError, Stores, Throttle,
+};
 use gateway::AppState;
 use serde_json::json;
 
@@ -154,6 +158,108 @@ async fn a_dropped_call_settles_and_releases_its_hold<S: Store + 'static>(store:
     next.complete().await.expect("answered");
 }
 
+/// A meter whose admissions wait `delay` before they reach `inner` (a store slow to answer), and
+/// say when one has begun.
+struct SlowAdmissions {
+    inner: Arc<dyn MeterStore>,
+    delay: Duration,
+    begun: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl MeterStore for SlowAdmissions {
+    async fn take_slot(&self, slot: &Slot) -> Result<Option<u64>, StoreError> {
+        self.inner.take_slot(slot).await
+    }
+    async fn give_slot_back(&self, slot: &Slot) -> Result<(), StoreError> {
+        self.inner.give_slot_back(slot).await
+    }
+    async fn recount_in_flight(
+        &self,
+        org: &OrgId,
+        month: &str,
+        seen: u64,
+        holds: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.recount_in_flight(org, month, seen, holds).await
+    }
+    async fn throttle(&self, counter: &Throttle) -> Result<bool, StoreError> {
+        self.inner.throttle(counter).await
+    }
+    async fn throttled(&self, counter: &Throttle) -> Result<u64, StoreError> {
+        self.inner.throttled(counter).await
+    }
+    async fn admit(&self, admission: &Admission) -> Result<AdmitOutcome, StoreError> {
+        self.begun.notify_one();
+        tokio::time::sleep(self.delay).await;
+        self.inner.admit(admission).await
+    }
+    async fn settle(&self, settlement: &Settlement) -> Result<(), StoreError> {
+        self.inner.settle(settlement).await
+    }
+    async fn month_counter(&self, org: &OrgId, month: &str) -> Result<MonthCounter, StoreError> {
+        self.inner.month_counter(org, month).await
+    }
+    async fn daily_usage(&self, org: &OrgId, month: &str) -> Result<Vec<DailyUsage>, StoreError> {
+        self.inner.daily_usage(org, month).await
+    }
+    async fn recent_requests(
+        &self,
+        org: &OrgId,
+        month: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<RequestPage, StoreError> {
+        self.inner.recent_requests(org, month, limit, after).await
+    }
+    async fn requests(&self, org: &OrgId, month: &str) -> Result<Vec<RequestRecord>, StoreError> {
+        self.inner.requests(org, month).await
+    }
+}
+
+async fn a_call_dropped_while_it_is_admitted_gives_everything_back<S: Store + 'static>(
+    store: Arc<S>,
+) {
+    // GIVEN a store that takes 300 ms to admit a request
+    let (mut state, org, user) = gateway(&store, &common::simulator().await).await;
+    let begun = Arc::new(tokio::sync::Notify::new());
+    state.stores.meter = Arc::new(SlowAdmissions {
+        inner: store.clone(),
+        delay: Duration::from_millis(300),
+        begun: begun.clone(),
+    });
+    let store: Arc<dyn Store> = store;
+    let month = gateway::clock::month_of(state.clock.now());
+
+    // WHEN the caller goes away once its request's admission has begun
+    let chat = input("gemini-1.5-flash", "hi", 500);
+    tokio::select! {
+        _ = metered::admit(&state, &user, org.clone(), chat) => {
+            panic!("admitted before the store answered")
+        }
+        () = begun.notified() => {}
+    }
+
+    // THEN the admission still ends, and the call it made settles as abandoned: the message is
+    // given back, no token is charged, and no hold is left behind
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = store.requests(&org, &month).await.expect("records");
+        if !records.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].outcome, Outcome::Failed);
+    assert_eq!(
+        records[0].error_message.as_deref(),
+        Some("the client disconnected")
+    );
+    let counter = once_released(&store, &org, &month).await;
+    assert_eq!((counter.messages, counter.tokens), (0, 0));
+}
+
 async fn over_reported_usage_is_bounded_by_the_hold<S: Store + 'static>(store: Arc<S>) {
     // GIVEN an upstream that claims u64::MAX input and output tokens for every answer
     let (state, org, user) = gateway(&store, &lying_upstream().await).await;
@@ -256,6 +362,7 @@ async fn a_revoked_key_stops_on_the_next_request_in_every_process<S: Store + 'st
 
 on_every_store!(
     a_dropped_call_settles_and_releases_its_hold,
+    a_call_dropped_while_it_is_admitted_gives_everything_back,
     over_reported_usage_is_bounded_by_the_hold,
     a_revoked_key_stops_on_the_next_request_in_every_process,
 );
