@@ -1,6 +1,7 @@
 //! Identity: Argon2id password hashes and signed, expiring bearer tokens (HS256, algorithm pinned).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::phc::PasswordHash;
@@ -16,6 +17,10 @@ use crate::ids::UserId;
 use crate::secret::Secret;
 
 const ISSUER: &str = "ai-gateway";
+/// Seconds a token is still taken after its `exp`, for clocks a little apart.
+const LEEWAY_SECS: u64 = 5;
+/// Verified tokens remembered at most; past it the memory starts over.
+const MAX_VERIFIED: usize = 4096;
 
 /// Hashes a password with Argon2id (OWASP's parameters, the crate's defaults) and a random salt.
 /// CPU-bound for tens of milliseconds: call it from a blocking task.
@@ -65,12 +70,21 @@ pub struct Caller {
 }
 
 /// Issues and checks access tokens.
-#[derive(Clone)]
 pub struct TokenIssuer {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    /// Tokens this process verified, by the whole token: a client sends the same token with every
+    /// request, and once its signature, algorithm and issuer checked out only its expiry can
+    /// change. Decoding and signing again cost more than the rest of a request's checks together.
+    verified: Mutex<HashMap<String, Verified>>,
+}
+
+/// A token that checked out: whom it names, and until when.
+struct Verified {
+    caller: Caller,
+    exp: u64,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -99,12 +113,13 @@ impl TokenIssuer {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Ok(TokenIssuer {
             encoding: EncodingKey::from_secret(secret.expose().as_bytes()).map_err(invalid)?,
             decoding: DecodingKey::from_secret(secret.expose().as_bytes()).map_err(invalid)?,
             validation,
             ttl,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -121,17 +136,42 @@ impl TokenIssuer {
             .map_err(|e| GatewayError::Internal(format!("signing a token failed: {e}")))
     }
 
-    /// Checks signature, algorithm, issuer and expiry.
+    /// Checks signature, algorithm, issuer and expiry; a token verified before, only its expiry.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// [`TokenIssuer::verify`] with the time (epoch seconds) remembered tokens are checked at.
+    fn verify_at(&self, token: &str, now: u64) -> Result<Caller, AuthError> {
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(known) = verified.get(token) {
+                if known.exp.saturating_add(LEEWAY_SECS) >= now {
+                    return Ok(known.caller.clone());
+                }
+                verified.remove(token);
+                return Err(AuthError::ExpiredToken);
+            }
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::ExpiredToken,
                 _ => AuthError::InvalidToken,
             })?;
-        Ok(Caller {
+        let caller = Caller {
             user_id: UserId::from(data.claims.sub),
             email: data.claims.email,
-        })
+        };
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
+        }
+        let known = Verified {
+            caller: caller.clone(),
+            exp: data.claims.exp,
+        };
+        verified.insert(token.to_owned(), known);
+        Ok(caller)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -239,6 +279,71 @@ mod tests {
             })
             .expect("token");
         assert_eq!(issuer.verify(&token), Err(AuthError::ExpiredToken));
+    }
+
+    fn claims_until(exp: u64) -> Claims {
+        Claims {
+            sub: "u1".into(),
+            email: "a@b.c".into(),
+            iss: ISSUER.into(),
+            iat: unix_now(),
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        // GIVEN a token valid for a minute, verified once (and so remembered)
+        let issuer = issuer();
+        let exp = unix_now() + 60;
+        let token = issuer.sign_claims(&claims_until(exp)).expect("token");
+        assert!(issuer.verify(&token).is_ok());
+        // THEN it is taken up to the end of its leeway, and refused as expired after it
+        assert!(issuer.verify_at(&token, exp + LEEWAY_SECS).is_ok());
+        assert_eq!(
+            issuer.verify_at(&token, exp + LEEWAY_SECS + 1),
+            Err(AuthError::ExpiredToken)
+        );
+    }
+
+    #[test]
+    fn a_changed_copy_of_a_remembered_token_is_checked_in_full() {
+        // GIVEN a verified token
+        let issuer = issuer();
+        let token = issuer
+            .sign_claims(&claims_until(unix_now() + 60))
+            .expect("token");
+        assert!(issuer.verify(&token).is_ok());
+        // WHEN its claims are swapped for another user's, its signature kept
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut other = claims_until(unix_now() + 60);
+        other.sub = "u2".into();
+        let forged_claims = b64.encode(serde_json::to_vec(&other).expect("json"));
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!("{}.{forged_claims}.{}", parts[0], parts[2]);
+        // THEN it is refused, as are its signature changed or a byte added
+        assert_eq!(issuer.verify(&forged), Err(AuthError::InvalidToken));
+        let signature = parts[2];
+        let first = if signature.starts_with('A') { "B" } else { "A" };
+        let resigned = format!("{}.{}.{first}{}", parts[0], parts[1], &signature[1..]);
+        assert_eq!(issuer.verify(&resigned), Err(AuthError::InvalidToken));
+        assert_eq!(
+            issuer.verify(&format!("{token} ")),
+            Err(AuthError::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_is_bounded() {
+        let issuer = issuer();
+        for n in 0..=MAX_VERIFIED {
+            let token = issuer
+                .issue(&UserId::from(format!("u{n}")), "a@b.c")
+                .expect("token");
+            assert!(issuer.verify(&token).is_ok());
+        }
+        let remembered = issuer.verified.lock().expect("lock").len();
+        assert!(remembered <= MAX_VERIFIED, "{remembered}");
     }
 
     #[test]
