@@ -36,6 +36,8 @@ pub struct Outcome {
     pub first_error: Option<String>,
     /// From the end of warm-up until the last measured request finished.
     pub elapsed: Duration,
+    /// CPU time the whole process (load client, gateway, simulator) used over `elapsed`.
+    pub cpu: Duration,
 }
 
 impl Outcome {
@@ -57,6 +59,12 @@ impl Outcome {
         self.latencies[rank.clamp(1, self.latencies.len()) - 1]
     }
 
+    /// CPU microseconds the process spent per successful request: what a request costs whether
+    /// or not the cores were saturated.
+    pub fn cpu_per_request_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / (self.latencies.len().max(1) as f64)
+    }
+
     pub fn max(&self) -> Duration {
         self.latencies.last().copied().unwrap_or_default()
     }
@@ -73,8 +81,9 @@ impl Outcome {
     }
 
     /// Sorts the measurements, which the percentiles need.
-    pub fn finish(&mut self, elapsed: Duration) {
+    pub fn finish(&mut self, elapsed: Duration, cpu: Duration) {
         self.elapsed = elapsed;
+        self.cpu = cpu;
         self.latencies.sort_unstable();
     }
 
@@ -118,12 +127,27 @@ where
             tokio::spawn(async move { worker(request.as_ref(), measure_from, stop_at).await })
         })
         .collect();
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        process_cpu()
+    });
     let mut outcome = Outcome::default();
     for handle in workers {
         outcome.merge(handle.await?);
     }
-    outcome.finish(measure_from.elapsed());
+    let cpu = process_cpu()?.saturating_sub(cpu_at_start.await??);
+    outcome.finish(measure_from.elapsed(), cpu);
     Ok(outcome)
+}
+
+/// The CPU time (user and system) this process has used so far.
+pub fn process_cpu() -> anyhow::Result<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    let usage = getrusage(UsageWho::RUSAGE_SELF)?;
+    let micros =
+        |t: TimeVal| Duration::from_micros(u64::try_from(t.num_microseconds()).unwrap_or(0));
+    Ok(micros(usage.user_time()) + micros(usage.system_time()))
 }
 
 async fn worker<F, Fut>(request: &F, measure_from: Instant, stop_at: Instant) -> Outcome

@@ -3,10 +3,12 @@
 //!
 //! One process runs the provider simulator and the local gateway (in-memory store) on loopback,
 //! then drives, one after the other and at the same fixed concurrency, the simulator's Gemini
-//! `generateContent` directly and the gateway's `POST /api/v1/ai/chat` for the same model (which
-//! calls that very simulator). The difference is the gateway: auth, org and plan checks, the
-//! provider adapter, usage accounting. Client, gateway and simulator share the machine's cores, so
-//! compare the two rows with each other rather than with production numbers.
+//! `generateContent` directly, the same request through a bare proxy on the gateway's HTTP stack
+//! (see `proxy.rs`), and the gateway's `POST /api/v1/ai/chat` for the same model (which calls that
+//! very simulator). The difference is the gateway: auth, org and plan checks, the provider
+//! adapter, usage accounting; the proxy row shows how much of it any HTTP hop costs. Client,
+//! gateway and simulator share the machine's cores, so compare the rows with each other rather
+//! than with production numbers; the CPU each request costs the process is printed too.
 //!
 //! With `--store dynamodb` the gateway keeps its data in a fresh table of a local DynamoDB
 //! (`AWS_ENDPOINT_URL_DYNAMODB` or `GATEWAY_TEST_DYNAMODB_ENDPOINT`), and before the load one chat
@@ -19,6 +21,7 @@
 //! `cargo run --release -p bench -- --concurrency 16 --duration-secs 5 --warmup-secs 1`
 
 mod load;
+mod proxy;
 mod store;
 mod stream;
 
@@ -164,12 +167,15 @@ async fn main() -> anyhow::Result<()> {
         "driving the simulator for {}s (+{}s warm-up) at concurrency {}",
         args.duration_secs, args.warmup_secs, args.concurrency
     );
-    let direct = load::run(
-        &client,
-        simulator_target(&simulator, GENERATE, PROMPT, MAX_TOKENS),
-        load,
-    )
-    .await?;
+    let direct_target = simulator_target(&simulator, GENERATE, PROMPT, MAX_TOKENS);
+    let direct = load::run(&client, direct_target.clone(), load).await?;
+    eprintln!("driving a bare proxy to the simulator likewise");
+    let proxy = proxy::start(direct_target.url.clone()).await?;
+    let proxied = Target {
+        url: format!("{proxy}{}", proxy::PATH),
+        ..direct_target
+    };
+    let proxied = load::run(&client, proxied, load).await?;
     eprintln!("driving the gateway likewise");
     let chat = gateway_target(&gateway, &tenant, CHAT_PATH, PROMPT, MAX_TOKENS)?;
     let through = load::run(&client, chat, load).await?;
@@ -197,7 +203,11 @@ async fn main() -> anyhow::Result<()> {
     let report = Report {
         args: &args,
         cores,
-        rows: [("simulator", &direct), ("gateway", &through)],
+        rows: [
+            ("simulator", &direct),
+            ("proxy", &proxied),
+            ("gateway", &through),
+        ],
         dynamo: dynamo.as_ref(),
         stream: streamed.as_ref(),
     };
@@ -375,8 +385,8 @@ fn gateway_target(
 struct Report<'a> {
     args: &'a Args,
     cores: usize,
-    /// The baseline (simulator) first, then the gateway.
-    rows: [(&'static str, &'a Outcome); 2],
+    /// The baseline (simulator) first, then the bare proxy, then the gateway.
+    rows: [(&'static str, &'a Outcome); 3],
     /// With `--store dynamodb`.
     dynamo: Option<&'a Dynamo>,
     /// Unless `--no-stream`.
@@ -385,10 +395,10 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn print(&self) {
-        let [(_, direct), (_, through)] = self.rows;
-        let added_p50 = ms(through.percentile(50.0)) - ms(direct.percentile(50.0));
-        let added_p99 = ms(through.percentile(99.0)) - ms(direct.percentile(99.0));
-        let ratio = through.throughput() / direct.throughput().max(f64::EPSILON);
+        let [(_, direct), (_, proxied), (_, through)] = self.rows;
+        let added = Added::between(direct, through);
+        let over_proxy = Added::between(proxied, through);
+        let (added_p50, added_p99, ratio) = (added.p50, added.p99, added.ratio);
 
         println!(
             "{:<10} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
@@ -410,6 +420,22 @@ impl Report<'_> {
         println!();
         println!("gateway added latency: p50 {added_p50:+.2} ms, p99 {added_p99:+.2} ms");
         println!("throughput ratio (gateway / simulator): {ratio:.3}");
+        println!(
+            "over the bare proxy: p50 {:+.2} ms, p99 {:+.2} ms, throughput ratio {:.3}",
+            over_proxy.p50, over_proxy.p99, over_proxy.ratio
+        );
+        let cpu = |outcome: &Outcome| outcome.cpu_per_request_us();
+        println!(
+            "CPU per request, whole process: {:.1} us driving the simulator, {:.1} us through \
+             the proxy, {:.1} us through the gateway: the proxy's hop {:.1} us, the gateway's own \
+             work {:.1} us more; on saturated cores the ratio cannot pass {:.3}",
+            cpu(direct),
+            cpu(proxied),
+            cpu(through),
+            cpu(proxied) - cpu(direct),
+            cpu(through) - cpu(proxied),
+            cpu(direct) / cpu(through).max(f64::EPSILON)
+        );
         println!(
             "machine: {} cores, shared by the load client, the gateway and the simulator (one process){}; \
              concurrency {}, {} s measured after {} s warm-up per target",
@@ -489,10 +515,34 @@ impl Report<'_> {
             "targets": targets,
             "gateway_added_ms": {"p50": round2(added_p50), "p99": round2(added_p99)},
             "throughput_ratio": (ratio * 1000.0).round() / 1000.0,
+            "gateway_over_proxy": {
+                "p50_ms": round2(over_proxy.p50),
+                "p99_ms": round2(over_proxy.p99),
+                "throughput_ratio": (over_proxy.ratio * 1000.0).round() / 1000.0,
+                "cpu_us_per_request": round2(through.cpu_per_request_us() - proxied.cpu_per_request_us()),
+            },
             "dynamodb": dynamodb,
             "stream": self.stream.map(stream::StreamReport::json),
         });
         println!("{line}");
+    }
+}
+
+/// What the second of two runs adds to the first: latency at p50 and p99 (ms), and its share of
+/// the first's throughput.
+struct Added {
+    p50: f64,
+    p99: f64,
+    ratio: f64,
+}
+
+impl Added {
+    fn between(base: &Outcome, over: &Outcome) -> Added {
+        Added {
+            p50: ms(over.percentile(50.0)) - ms(base.percentile(50.0)),
+            p99: ms(over.percentile(99.0)) - ms(base.percentile(99.0)),
+            ratio: over.throughput() / base.throughput().max(f64::EPSILON),
+        }
     }
 }
 
@@ -505,6 +555,7 @@ fn summary(outcome: &Outcome) -> Value {
         "p90_ms": round2(ms(outcome.percentile(90.0))),
         "p99_ms": round2(ms(outcome.percentile(99.0))),
         "max_ms": round2(ms(outcome.max())),
+        "cpu_us_per_request": round2(outcome.cpu_per_request_us()),
     })
 }
 

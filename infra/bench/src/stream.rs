@@ -238,8 +238,8 @@ pub async fn run(
         }
     }
     for outcome in &mut sequential {
-        // Shared by both sides, so no throughput is reported for this run.
-        outcome.finish(started.elapsed());
+        // Shared by both sides, so no throughput or CPU is reported for this run.
+        outcome.finish(started.elapsed(), Duration::ZERO);
     }
 
     eprintln!(
