@@ -113,7 +113,7 @@ async fn admit_prepared(
         membership.org.id.clone(),
         plan.clone(),
     );
-    // Admission runs to its end on its own task: if the caller goes away meanwhile, the call it
+    // Admission runs to its end (see `to_the_end`): if the caller goes away meanwhile, the call it
     // made is dropped with the task's output, and its Drop gives the message and hold back.
     let log = RequestLog::current();
     let admission = to_the_end(async move {
@@ -390,7 +390,7 @@ impl Admitted {
             result: Some(result_of(&response, cost, &call.served().id)),
             error: None,
         });
-        // The write runs on its own task, so it is done even if the worker stops waiting.
+        // The write runs to its end (see `to_the_end`), even if the worker stops waiting.
         let write = to_the_end(async move {
             let meter = call.state.stores.meter.clone();
             let Err(err) = meter.settle(&settlement).await else {
@@ -444,7 +444,7 @@ impl Admitted {
         }
     }
 
-    /// Settles the call as `ending`, once. The write runs on its own task, so it is done even if
+    /// Settles the call as `ending`, once. The write runs to its end (see `to_the_end`), even if
     /// the caller goes away while it is under way.
     async fn settle(&mut self, ending: Ending) {
         if let Some(call) = self.call.take() {
