@@ -147,7 +147,12 @@ mod tests {
         ]);
         assert_eq!(lambda.region().map(Region::as_ref), Some("eu-west-1"));
         assert!(lambda.endpoint_url().is_none());
-        assert!(lambda.credentials_provider().is_some());
+        // The role's credentials, as Lambda puts them in the environment; no other source.
+        let credentials = format!("{:?}", lambda.credentials_provider().expect("credentials"));
+        assert!(
+            credentials.contains("EnvironmentVariableCredentialsProvider"),
+            "{credentials}"
+        );
         assert!(lambda.http_client().is_some());
 
         let local = config(&[
