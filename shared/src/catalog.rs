@@ -34,6 +34,16 @@ impl ProviderKind {
         }
     }
 
+    /// The name the provider's API key goes by: an environment variable, and a field of the
+    /// provider-keys secret.
+    pub fn key_name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "OPENAI_API_KEY",
+            ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+            ProviderKind::Google => "GEMINI_API_KEY",
+        }
+    }
+
     /// The most input tokens one image can count for on the provider's models, as the token
     /// hold counts each image: OpenAI's gpt-4o-mini bills a high-detail 2048×768 image as
     /// 2,833 + 8 × 5,667 tokens; Anthropic scales images to at most ~1.15 megapixels, about

@@ -136,12 +136,12 @@ impl Settings {
             Some(path) => load_catalog(Path::new(&path))?,
             None => Catalog::builtin(),
         };
-        let endpoint = |base: &str, default: &str, key: &str| Endpoint {
+        let endpoint = |base: &str, default: &str, kind: ProviderKind| Endpoint {
             base_url: env(base)
                 .unwrap_or_else(|| default.to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
-            api_key: env(key).map(Secret::new),
+            api_key: env(kind.key_name()).map(Secret::new),
         };
         Ok(Settings {
             jwt_secret: Secret::new(jwt_secret),
@@ -165,13 +165,13 @@ impl Settings {
                 }
             },
             providers: ProviderSettings {
-                openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, "OPENAI_API_KEY"),
+                openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, ProviderKind::OpenAi),
                 anthropic: endpoint(
                     "ANTHROPIC_BASE_URL",
                     ANTHROPIC_DEFAULT_BASE,
-                    "ANTHROPIC_API_KEY",
+                    ProviderKind::Anthropic,
                 ),
-                google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, "GEMINI_API_KEY"),
+                google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, ProviderKind::Google),
                 connect_timeout: env_secs("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5)?,
                 request_timeout: env_secs("PROVIDER_TIMEOUT_SECONDS", 25)?,
                 idle_timeout: env_secs("PROVIDER_IDLE_TIMEOUT_SECONDS", 25)?,

@@ -68,13 +68,6 @@ impl Named {
     }
 }
 
-/// The provider keys a provider-keys secret may hold, by variable name.
-pub const PROVIDER_KEY_NAMES: [(&str, ProviderKind); 3] = [
-    ("OPENAI_API_KEY", ProviderKind::OpenAi),
-    ("ANTHROPIC_API_KEY", ProviderKind::Anthropic),
-    ("GEMINI_API_KEY", ProviderKind::Google),
-];
-
 /// Reads the named secrets from Secrets Manager, all at once.
 pub async fn fetch(aws: &aws_types::SdkConfig, named: &Named) -> Result<Fetched, SecretsError> {
     if named.is_empty() {
@@ -140,8 +133,8 @@ fn provider_keys(id: &str, value: &Secret) -> Result<HashMap<String, Secret>, Se
         .map_err(|_| malformed("expected a JSON object of provider keys".into()))?;
     let mut keys = HashMap::new();
     for (name, value) in object {
-        if !PROVIDER_KEY_NAMES.iter().any(|(known, _)| *known == name) {
-            let known: Vec<&str> = PROVIDER_KEY_NAMES.iter().map(|(n, _)| *n).collect();
+        if !ProviderKind::ALL.iter().any(|kind| kind.key_name() == name) {
+            let known: Vec<&str> = ProviderKind::ALL.iter().map(|k| k.key_name()).collect();
             return Err(malformed(format!(
                 "unknown name {name:?} (expected {})",
                 known.join(", ")
@@ -161,8 +154,8 @@ fn provider_keys(id: &str, value: &Secret) -> Result<HashMap<String, Secret>, Se
 impl Fetched {
     /// Puts the provider keys read into `providers`.
     pub fn apply_keys(&self, providers: &mut ProviderSettings) {
-        for (name, kind) in PROVIDER_KEY_NAMES {
-            if let Some(key) = self.provider_keys.get(name) {
+        for kind in ProviderKind::ALL {
+            if let Some(key) = self.provider_keys.get(kind.key_name()) {
                 providers.endpoint_mut(kind).api_key = Some(key.clone());
             }
         }

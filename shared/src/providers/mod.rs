@@ -302,13 +302,9 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     fn key(&self) -> Result<&Secret, ProviderError> {
-        self.key.as_ref().ok_or_else(|| {
-            self.error(ProviderErrorKind::NotConfigured(match self.kind {
-                ProviderKind::OpenAi => "OPENAI_API_KEY",
-                ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
-                ProviderKind::Google => "GEMINI_API_KEY",
-            }))
-        })
+        self.key
+            .as_ref()
+            .ok_or_else(|| self.error(ProviderErrorKind::NotConfigured(self.kind.key_name())))
     }
 
     fn error(&self, kind: ProviderErrorKind) -> ProviderError {
