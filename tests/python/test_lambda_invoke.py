@@ -527,6 +527,15 @@ def test_dashboard(lam):
     assert "/api/v1/ai/usage" in page
 
 
+def test_dashboard_serves_the_api_document(lam):
+    status, headers, text = lam.invoke("dashboard", "dashboard-openapi.json").http()
+    assert status == 200, text[:500]
+    assert headers["content-type"].startswith("application/json"), headers
+    document = json.loads(text)
+    assert document["openapi"].startswith("3."), document.get("openapi")
+    assert "/v1/chat/completions" in document["paths"]
+
+
 def test_api_keys_create(lam):
     token, org = need(lam, "token", "org")
     status, body = lam.invoke("api-keys-create", "api-keys-create.json", token=token,
