@@ -48,7 +48,15 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, RequestErr
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(RequestError::InvalidJson("the body is empty".into()));
     }
-    // Syntax first, so a malformed body is never reported as a missing field.
+    // A well-formed object is read straight into `T`. Anything else is read again in two steps,
+    // only to say what is wrong: the syntax first, so that a malformed body is never reported as
+    // a missing field, then the field at fault by its path.
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if object {
+        if let Ok(parsed) = serde_json::from_slice(bytes) {
+            return Ok(parsed);
+        }
+    }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     if !value.is_object() {
@@ -204,4 +212,58 @@ pub fn decoded(segment: &str) -> Option<String> {
         .decode_utf8()
         .ok()
         .map(|text| text.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Body {
+        model: String,
+        max_tokens: Option<u32>,
+    }
+
+    fn read(body: &str) -> Result<Body, RequestError> {
+        let request = http::Request::builder()
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(lambda_http::Body::Text(body.to_owned()))
+            .expect("request");
+        json_body(&request)
+    }
+
+    fn message(result: Result<Body, RequestError>) -> String {
+        result.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn an_object_is_read_whatever_path_it_takes() {
+        let want = Body {
+            model: "m".into(),
+            max_tokens: Some(5),
+        };
+        assert_eq!(
+            read(r#" {"model": "m", "max_tokens": 5}"#).expect("read"),
+            want
+        );
+        // A repeated key is read as before, the last one kept.
+        let repeated = r#"{"model": "x", "model": "m", "max_tokens": 5}"#;
+        assert_eq!(read(repeated).expect("read"), want);
+    }
+
+    #[test]
+    fn what_is_wrong_with_a_body_is_said() {
+        // An array that would fill the struct's fields in order is still not an object.
+        let array = message(read(r#"["m", 5]"#));
+        assert!(array.contains("expected a JSON object"), "{array}");
+        let malformed = message(read(r#"{"model": "m""#));
+        assert!(malformed.contains("EOF"), "{malformed}");
+        let missing = message(read(r#"{"max_tokens": 5}"#));
+        assert!(missing.contains("missing field `model`"), "{missing}");
+        let wrong = message(read(r#"{"model": "m", "max_tokens": "five"}"#));
+        assert!(wrong.starts_with("max_tokens: "), "{wrong}");
+        assert!(message(read("  ")).contains("empty"));
+    }
 }
