@@ -8,10 +8,11 @@
 //! input it sent if the provider was called, given back if not. A hold is never left to lapse.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::access;
 use crate::catalog::{Model, Plan};
@@ -152,16 +153,25 @@ async fn admit_prepared(
 /// that is done at once (the in-memory store's) costs no task and no wake-up of another thread;
 /// work that has to wait is handed, as it stands, to a task of its own, which finishes it whatever
 /// the caller does. Between that first poll and the hand-over nothing awaits, so there is no moment
-/// at which dropping the caller could abandon the work half done.
+/// at which dropping the caller could abandon the work half done. A panic in the work, here or on
+/// its task, is an error for the caller, as a failed task was.
 async fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    let mut work = Box::pin(work);
-    if let Poll::Ready(done) = futures::poll!(work.as_mut()) {
-        return Ok(done);
-    }
-    tokio::spawn(work).await
+) -> Result<T, Unfinished> {
+    let mut work = Box::pin(AssertUnwindSafe(work).catch_unwind());
+    let outcome = match futures::poll!(work.as_mut()) {
+        Poll::Ready(outcome) => outcome,
+        Poll::Pending => tokio::spawn(work)
+            .await
+            .map_err(|e| Unfinished(e.to_string()))?,
+    };
+    outcome.map_err(|_| Unfinished("it panicked".into()))
 }
+
+/// Why work run by [`to_the_end`] did not finish.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unfinished(String);
 
 /// The plan of a membership's org, as the catalog defines it.
 pub fn plan_of<'a>(state: &'a AppState, membership: &Membership) -> Result<&'a Plan, GatewayError> {
@@ -676,5 +686,49 @@ impl MeteredStream {
             finish_reason: finish,
             interrupted,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn work_runs_to_its_end_inline_or_on_a_task_and_a_panic_is_an_error() {
+        assert_eq!(to_the_end(async { 1 }).await.expect("at once"), 1);
+        let waits = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            2
+        };
+        assert_eq!(to_the_end(waits).await.expect("on a task"), 2);
+        let panics_at_once = to_the_end(async { panic!("at once") });
+        let error: Result<(), Unfinished> = panics_at_once.await;
+        assert_eq!(error.expect_err("a panic").to_string(), "it panicked");
+        let panics_later = to_the_end(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            panic!("later")
+        });
+        let error: Result<(), Unfinished> = panics_later.await;
+        assert_eq!(error.expect_err("a panic").to_string(), "it panicked");
+    }
+
+    #[tokio::test]
+    async fn work_finishes_when_its_caller_goes_away() {
+        // GIVEN work that waits, then says it finished
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let work = to_the_end(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = done.send(());
+        });
+        // WHEN its caller stops waiting before it is done
+        let cut = tokio::time::timeout(Duration::from_millis(1), work).await;
+        assert!(cut.is_err());
+        // THEN it still finishes
+        tokio::time::timeout(Duration::from_secs(5), finished)
+            .await
+            .expect("finished in time")
+            .expect("finished");
     }
 }
