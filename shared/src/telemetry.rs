@@ -36,20 +36,32 @@ static FORMAT: OnceLock<Format> = OnceLock::new();
 static NAMESPACE: OnceLock<String> = OnceLock::new();
 
 /// `RUST_LOG` as a level (`debug`) or levels by target (`gateway=debug,info`), else `info`. A value
-/// that does not parse is ignored rather than stopping the function.
-fn filter() -> Targets {
+/// that does not parse does not stop the function: it logs at `info` and says why once logging is
+/// up (the value, second).
+fn filter() -> (Targets, Option<String>) {
     filter_of(std::env::var("RUST_LOG").ok().as_deref())
 }
 
-fn filter_of(value: Option<&str>) -> Targets {
-    value
-        .and_then(|value| value.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+fn filter_of(value: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    match value.map(|value| (value, value.parse::<Targets>())) {
+        None => (info(), None),
+        Some((_, Ok(targets))) => (targets, None),
+        Some((value, Err(_))) => (info(), Some(value.to_owned())),
+    }
+}
+
+/// Says, once logging is up, that `RUST_LOG` could not be read.
+fn warn_unreadable(unreadable: Option<String>) {
+    if let Some(value) = unreadable {
+        tracing::warn!(rust_log = %value, "RUST_LOG could not be read (expected a level such as `debug`, or levels by target such as `gateway=debug,warn`): logging at info");
+    }
 }
 
 /// One JSON object per line, as CloudWatch Logs Insights queries them. `RUST_LOG` sets the level.
 pub fn init_json() {
     let _ = FORMAT.set(Format::Json);
+    let (filter, unreadable) = filter();
     let _ = tracing_subscriber::fmt()
         .json()
         .with_max_level(LevelFilter::TRACE)
@@ -58,19 +70,22 @@ pub fn init_json() {
         .without_time() // Lambda stamps every line itself.
         .with_target(false)
         .finish()
-        .with(filter())
+        .with(filter)
         .try_init();
+    warn_unreadable(unreadable);
 }
 
 /// Human-readable lines for the local server.
 pub fn init_text() {
     let _ = FORMAT.set(Format::Text);
+    let (filter, unreadable) = filter();
     let _ = tracing_subscriber::fmt()
         .with_max_level(LevelFilter::TRACE)
         .with_target(false)
         .finish()
-        .with(filter())
+        .with(filter)
         .try_init();
+    warn_unreadable(unreadable);
 }
 
 fn namespace() -> &'static str {
@@ -467,17 +482,23 @@ mod tests {
     #[test]
     fn rust_log_sets_the_level_overall_or_by_target() {
         use tracing::Level;
-        let default = filter_of(None);
+        let (default, unreadable) = filter_of(None);
+        assert_eq!(unreadable, None);
         assert!(default.would_enable("gateway", &Level::INFO));
         assert!(!default.would_enable("gateway", &Level::DEBUG));
-        assert!(filter_of(Some("debug")).would_enable("hyper", &Level::DEBUG));
-        let by_target = filter_of(Some("gateway=debug,warn"));
+        assert!(filter_of(Some("debug"))
+            .0
+            .would_enable("hyper", &Level::DEBUG));
+        let (by_target, unreadable) = filter_of(Some("gateway=debug,warn"));
+        assert_eq!(unreadable, None);
         assert!(by_target.would_enable("gateway::api", &Level::DEBUG));
         assert!(!by_target.would_enable("hyper", &Level::INFO));
         assert!(by_target.would_enable("hyper", &Level::WARN));
-        let unreadable = filter_of(Some("gateway=loud"));
-        assert!(unreadable.would_enable("gateway", &Level::INFO));
-        assert!(!unreadable.would_enable("gateway", &Level::DEBUG));
+        // A value that does not parse logs at info, and is handed back to be warned about.
+        let (fallback, unreadable) = filter_of(Some("gateway=loud"));
+        assert!(fallback.would_enable("gateway", &Level::INFO));
+        assert!(!fallback.would_enable("gateway", &Level::DEBUG));
+        assert_eq!(unreadable.as_deref(), Some("gateway=loud"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-/// Why the provider client's TLS could not be set up.
+/// Why TLS could not be set up, for the provider client or the AWS clients.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading the roots in SSL_CERT_FILE ({path}) failed: {reason}")]
