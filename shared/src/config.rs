@@ -136,12 +136,24 @@ impl Settings {
             Some(path) => load_catalog(Path::new(&path))?,
             None => Catalog::builtin(),
         };
-        let endpoint = |base: &str, default: &str, kind: ProviderKind| Endpoint {
-            base_url: env(base)
+        // A base URL that cannot be called stops the function here, naming the variable, rather
+        // than failing every request to that provider. The value is not repeated: a proxy's URL
+        // may carry credentials.
+        let endpoint = |base: &'static str, default: &str, kind: ProviderKind| {
+            let base_url = env(base)
                 .unwrap_or_else(|| default.to_owned())
                 .trim_end_matches('/')
-                .to_owned(),
-            api_key: env(kind.key_name()).map(Secret::new),
+                .to_owned();
+            if crate::providers::base_url(&base_url).is_none() {
+                return Err(ConfigError::Invalid {
+                    name: base,
+                    reason: "expected an http or https URL with a host and no query".into(),
+                });
+            }
+            Ok(Endpoint {
+                base_url,
+                api_key: env(kind.key_name()).map(Secret::new),
+            })
         };
         Ok(Settings {
             jwt_secret: Secret::new(jwt_secret),
@@ -165,13 +177,13 @@ impl Settings {
                 }
             },
             providers: ProviderSettings {
-                openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, ProviderKind::OpenAi),
+                openai: endpoint("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE, ProviderKind::OpenAi)?,
                 anthropic: endpoint(
                     "ANTHROPIC_BASE_URL",
                     ANTHROPIC_DEFAULT_BASE,
                     ProviderKind::Anthropic,
-                ),
-                google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, ProviderKind::Google),
+                )?,
+                google: endpoint("GEMINI_BASE_URL", GOOGLE_DEFAULT_BASE, ProviderKind::Google)?,
                 connect_timeout: env_secs("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5)?,
                 request_timeout: env_secs("PROVIDER_TIMEOUT_SECONDS", 25)?,
                 idle_timeout: env_secs("PROVIDER_IDLE_TIMEOUT_SECONDS", 25)?,

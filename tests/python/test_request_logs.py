@@ -7,6 +7,7 @@ Needs LOCAL_SERVER_BIN (default: target/debug/local-server); `bash infra/scripts
 """
 
 import json
+import subprocess
 import time
 import urllib.request
 
@@ -259,3 +260,16 @@ def _call_with_org(server, method, path, account, org, body=None):
     except urllib.error.HTTPError as err:
         raw = err.read()
         return err.code, json.loads(raw) if raw else None
+
+
+def test_an_unusable_provider_url_stops_the_server_and_names_the_variable():
+    # GIVEN a base URL that no request could be sent to, carrying a proxy's credentials
+    env = local_server.clean_env(OPENAI_BASE_URL="ftp://proxy-user:proxy-password-7@example.com")
+    # WHEN the server starts
+    started = subprocess.run([str(local_server.binary()), "--port", str(local_server.free_port())],
+                             env=env, capture_output=True, text=True, timeout=60)
+    # THEN it stops at once, saying which variable is wrong, without repeating its value
+    output = started.stdout + started.stderr
+    assert started.returncode != 0, output
+    assert "OPENAI_BASE_URL" in output, output
+    assert "proxy-password-7" not in output

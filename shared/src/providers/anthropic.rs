@@ -542,7 +542,7 @@ impl ChatProvider for Anthropic {
         let key = up.key()?;
         let http = up
             .http
-            .post(format!("{}/v1/messages", up.base_url))
+            .post(up.url("/v1/messages"))
             .header("x-api-key", key.expose())
             .header("anthropic-version", API_VERSION)
             .json(&request_body(request));
@@ -557,7 +557,7 @@ impl ChatProvider for Anthropic {
         body.stream = true;
         let http = up
             .http
-            .post(format!("{}/v1/messages", up.base_url))
+            .post(up.url("/v1/messages"))
             .header("x-api-key", key.expose())
             .header("anthropic-version", API_VERSION)
             .json(&body);

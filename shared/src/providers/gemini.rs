@@ -378,21 +378,24 @@ fn tool_config(tooling: &Tooling) -> Option<serde_json::Value> {
 }
 
 impl Gemini {
-    /// A request to the model's `method`. The key goes in a header, never in the URL, so it
-    /// cannot end up in a logged URL.
+    /// A request to the model's `method`, with `query` if any. The key goes in a header, never in
+    /// the URL, so it cannot end up in a logged URL.
     fn post(
         &self,
         request: &ChatRequest,
         method: &str,
+        query: Option<&str>,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         let up = &self.upstream;
         let key = up.key()?;
+        let mut url = up.url(&format!(
+            "/v1beta/models/{}:{method}",
+            request.upstream_model
+        ));
+        url.set_query(query);
         Ok(up
             .http
-            .post(format!(
-                "{}/v1beta/models/{}:{method}",
-                up.base_url, request.upstream_model
-            ))
+            .post(url)
             .header("x-goog-api-key", key.expose())
             .json(&request_body(request)))
     }
@@ -406,7 +409,7 @@ impl ChatProvider for Gemini {
 
     async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         let up = &self.upstream;
-        let http = self.post(request, "generateContent")?;
+        let http = self.post(request, "generateContent", None)?;
         let body: ResponseBody = up.send_json(http, error_message).await?;
         let usage: Usage = body.usage_metadata.map(Usage::from).unwrap_or_default();
         let Some(candidate) = body.candidates.into_iter().next() else {
@@ -444,7 +447,7 @@ impl ChatProvider for Gemini {
 
     async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ProviderError> {
         let up = &self.upstream;
-        let http = self.post(request, "streamGenerateContent?alt=sse")?;
+        let http = self.post(request, "streamGenerateContent", Some("alt=sse"))?;
         let parser = Parser {
             single_call: request.tooling.parallel == Some(false),
             ..Parser::default()

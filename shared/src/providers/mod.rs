@@ -21,7 +21,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use crate::catalog::ProviderKind;
-use crate::config::{Endpoint, ProviderSettings};
+use crate::config::ProviderSettings;
 use crate::secret::Secret;
 
 pub use content::{
@@ -292,7 +292,8 @@ fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
 pub(crate) struct Upstream {
     pub kind: ProviderKind,
     pub http: reqwest::Client,
-    pub base_url: String,
+    /// The provider's base URL, parsed once at start (see [`Upstream::url`]).
+    pub base: reqwest::Url,
     pub key: Option<Secret>,
     /// How long to wait for the response headers.
     pub first_byte: std::time::Duration,
@@ -301,6 +302,16 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
+    /// The base URL with `path` (absolute, already encoded where it must be) after its own path.
+    /// Only the path is parsed again, not the scheme and host: a full parse per request was a
+    /// tenth of the provider call's instructions (the host goes through IDNA every time).
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let joined = format!("{}{path}", self.base.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
     fn key(&self) -> Result<&Secret, ProviderError> {
         self.key
             .as_ref()
@@ -603,6 +614,19 @@ pub enum ClientError {
     Tls(#[from] tls::TlsError),
     #[error("building the HTTP client failed: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("the {0} base URL is not an http or https URL")]
+    BaseUrl(ProviderKind),
+}
+
+/// `text` as a provider base URL: http or https, with a host, and no query or fragment (the API
+/// path goes after it).
+pub fn base_url(text: &str) -> Option<reqwest::Url> {
+    let url = reqwest::Url::parse(text).ok()?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.has_host()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    usable.then_some(url)
 }
 
 /// Every provider adapter, built once at cold start around one HTTP client.
@@ -621,27 +645,23 @@ impl Providers {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .user_agent(concat!("ai-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let upstream = |kind: ProviderKind, endpoint: &Endpoint| Upstream {
-            kind,
-            http: http.clone(),
-            base_url: endpoint.base_url.clone(),
-            key: endpoint.api_key.clone(),
-            first_byte: settings.request_timeout,
-            idle: settings.idle_timeout,
+        let upstream = |kind: ProviderKind| -> Result<Upstream, ClientError> {
+            let endpoint = settings.endpoint(kind);
+            Ok(Upstream {
+                kind,
+                http: http.clone(),
+                base: base_url(&endpoint.base_url).ok_or(ClientError::BaseUrl(kind))?,
+                key: endpoint.api_key.clone(),
+                first_byte: settings.request_timeout,
+                idle: settings.idle_timeout,
+            })
         };
         Ok(Providers {
-            openai: Arc::new(openai::OpenAi::new(upstream(
-                ProviderKind::OpenAi,
-                &settings.openai,
-            ))),
+            openai: Arc::new(openai::OpenAi::new(upstream(ProviderKind::OpenAi)?)),
             anthropic: Arc::new(anthropic::Anthropic::new(upstream(
                 ProviderKind::Anthropic,
-                &settings.anthropic,
-            ))),
-            google: Arc::new(gemini::Gemini::new(upstream(
-                ProviderKind::Google,
-                &settings.google,
-            ))),
+            )?)),
+            google: Arc::new(gemini::Gemini::new(upstream(ProviderKind::Google)?)),
         })
     }
 
@@ -695,6 +715,76 @@ impl ChatProvider for Absent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upstream(base: &str) -> Upstream {
+        Upstream {
+            kind: ProviderKind::Google,
+            http: reqwest::Client::new(),
+            base: base_url(base).expect("a usable base URL"),
+            key: None,
+            first_byte: std::time::Duration::from_secs(1),
+            idle: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn base_urls_are_http_with_a_host_and_no_query() {
+        for good in [
+            "https://api.openai.com",
+            "http://127.0.0.1:8001",
+            "https://proxy.example.com/gemini/",
+        ] {
+            assert!(base_url(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "api.openai.com",
+            "ftp://example.com",
+            "file:///etc/passwd",
+            "https://example.com/?key=1",
+            "https://example.com/#top",
+            "http://",
+        ] {
+            assert!(base_url(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_path_goes_after_the_base_urls_own_path() {
+        let at = |base: &str, path: &str| upstream(base).url(path).to_string();
+        assert_eq!(
+            at("https://api.openai.com", "/v1/chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        // A proxy's prefix is kept, with or without its trailing slash
+        for base in ["http://127.0.0.1:9/gemini", "http://127.0.0.1:9/gemini/"] {
+            assert_eq!(
+                at(base, "/v1beta/models/gemini-1.5-flash:generateContent"),
+                "http://127.0.0.1:9/gemini/v1beta/models/gemini-1.5-flash:generateContent"
+            );
+        }
+        // What must not be read as URL syntax in a model name is escaped, not a query
+        assert_eq!(
+            at("http://h", "/v1beta/models/a b?c:x"),
+            "http://h/v1beta/models/a%20b%3Fc:x"
+        );
+    }
+
+    #[test]
+    fn an_unusable_base_url_stops_the_clients_construction() {
+        let mut settings =
+            crate::config::Settings::local("s", "http://127.0.0.1:1", None).providers;
+        settings.anthropic.base_url = "127.0.0.1:8001".into();
+        let err = Providers::new(&settings).expect_err("refused");
+        assert!(
+            matches!(err, ClientError::BaseUrl(ProviderKind::Anthropic)),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the anthropic base URL is not an http or https URL"
+        );
+    }
 
     #[test]
     fn credential_shaped_words_are_redacted() {

@@ -402,7 +402,7 @@ impl ChatProvider for OpenAi {
         let key = up.key()?;
         let http = up
             .http
-            .post(format!("{}/v1/chat/completions", up.base_url))
+            .post(up.url("/v1/chat/completions"))
             .bearer_auth(key.expose())
             .json(&request_body(request));
         let body: ResponseBody = up.send_json(http, error_message).await?;
@@ -454,7 +454,7 @@ impl ChatProvider for OpenAi {
         });
         let http = up
             .http
-            .post(format!("{}/v1/chat/completions", up.base_url))
+            .post(up.url("/v1/chat/completions"))
             .bearer_auth(key.expose())
             .json(&body);
         up.open_stream(http, error_message, Parser::default()).await
