@@ -77,6 +77,11 @@ struct Args {
     /// or `GATEWAY_TEST_DYNAMODB_ENDPOINT`), which also measures one request's DynamoDB cost.
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
     store: StoreKind,
+    /// How long the simulator waits before it answers each load request, as a provider would
+    /// (0: at once). At 0 every row is CPU-bound from a few connections on, and a gateway can only
+    /// cost throughput; with a provider's latency the rows measure whether the gateway keeps up.
+    #[arg(long, default_value_t = 0)]
+    provider_latency_ms: u64,
     /// Skip the streaming phase (time to first event, tokens per second).
     #[arg(long)]
     no_stream: bool,
@@ -167,7 +172,12 @@ async fn main() -> anyhow::Result<()> {
         "driving the simulator for {}s (+{}s warm-up) at concurrency {}",
         args.duration_secs, args.warmup_secs, args.concurrency
     );
-    let direct_target = simulator_target(&simulator, GENERATE, PROMPT, MAX_TOKENS);
+    // The same prompt, so the same simulated latency, in all three rows.
+    let prompt = match args.provider_latency_ms {
+        0 => PROMPT.to_owned(),
+        ms => format!("[sim:latency_ms={ms}] {PROMPT}"),
+    };
+    let direct_target = simulator_target(&simulator, GENERATE, &prompt, MAX_TOKENS);
     let direct = load::run(&client, direct_target.clone(), load).await?;
     eprintln!("driving a bare proxy to the simulator likewise");
     let proxy = proxy::start(direct_target.url.clone()).await?;
@@ -177,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let proxied = load::run(&client, proxied, load).await?;
     eprintln!("driving the gateway likewise");
-    let chat = gateway_target(&gateway, &tenant, CHAT_PATH, PROMPT, MAX_TOKENS)?;
+    let chat = gateway_target(&gateway, &tenant, CHAT_PATH, &prompt, MAX_TOKENS)?;
     let through = load::run(&client, chat, load).await?;
 
     let streamed = if args.no_stream {
@@ -438,12 +448,13 @@ impl Report<'_> {
         );
         println!(
             "machine: {} cores, shared by the load client, the gateway and the simulator (one process){}; \
-             concurrency {}, {} s measured after {} s warm-up per target",
+             concurrency {}, {} s measured after {} s warm-up per target; the simulator answers after {} ms",
             self.cores,
             if self.dynamo.is_some() { " and the DynamoDB server" } else { "" },
             self.args.concurrency,
             self.args.duration_secs,
-            self.args.warmup_secs
+            self.args.warmup_secs,
+            self.args.provider_latency_ms
         );
         for (name, outcome) in self.rows {
             if let Some(error) = &outcome.first_error {
@@ -511,6 +522,7 @@ impl Report<'_> {
             "concurrency": self.args.concurrency,
             "duration_secs": self.args.duration_secs,
             "warmup_secs": self.args.warmup_secs,
+            "provider_latency_ms": self.args.provider_latency_ms,
             "cores": self.cores,
             "targets": targets,
             "gateway_added_ms": {"p50": round2(added_p50), "p99": round2(added_p99)},
