@@ -147,7 +147,7 @@ impl Settings {
             if crate::providers::base_url(&base_url).is_none() {
                 return Err(ConfigError::Invalid {
                     name: base,
-                    reason: "expected an http or https URL with a host and no query".into(),
+                    reason: "expected an http or https URL without a query or fragment".into(),
                 });
             }
             Ok(Endpoint {

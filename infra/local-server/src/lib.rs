@@ -120,10 +120,15 @@ pub async fn build_on(
     }
     for kind in ProviderKind::ALL {
         let endpoint = settings.providers.endpoint(kind);
+        // Without the user name and password a proxy's URL may carry.
+        let url = gateway::providers::base_url(&endpoint.base_url).map_or_else(
+            || "(unusable)".to_owned(),
+            |url| gateway::providers::without_credentials(&url),
+        );
         if missing.contains(&kind) {
-            tracing::info!(provider = %kind, url = %endpoint.base_url, "no API key: provider is simulated");
+            tracing::info!(provider = %kind, %url, "no API key: provider is simulated");
         } else {
-            tracing::info!(provider = %kind, url = %endpoint.base_url, "API key set: calling the real provider");
+            tracing::info!(provider = %kind, %url, "API key set: calling the real provider");
         }
     }
 

@@ -288,7 +288,7 @@ fn words(text: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// What every adapter holds: the shared HTTP client, where to call, and the key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Upstream {
     pub kind: ProviderKind,
     pub http: reqwest::Client,
@@ -299,6 +299,19 @@ pub(crate) struct Upstream {
     pub first_byte: std::time::Duration,
     /// How long a response body may stay silent (between stream events, or before the body).
     pub idle: std::time::Duration,
+}
+
+/// Written by hand so that credentials in the base URL stay out of any debug output.
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("kind", &self.kind)
+            .field("base", &without_credentials(&self.base))
+            .field("key", &self.key)
+            .field("first_byte", &self.first_byte)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
@@ -614,19 +627,27 @@ pub enum ClientError {
     Tls(#[from] tls::TlsError),
     #[error("building the HTTP client failed: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("the {0} base URL is not an http or https URL")]
+    #[error("the {0} base URL is not an http or https URL without a query or fragment")]
     BaseUrl(ProviderKind),
 }
 
-/// `text` as a provider base URL: http or https, with a host, and no query or fragment (the API
-/// path goes after it).
+/// `text` as a provider base URL: http or https (which the parser gives a host), and no query or
+/// fragment (the API path goes after it).
 pub fn base_url(text: &str) -> Option<reqwest::Url> {
     let url = reqwest::Url::parse(text).ok()?;
     let usable = matches!(url.scheme(), "http" | "https")
-        && url.has_host()
         && url.query().is_none()
         && url.fragment().is_none();
     usable.then_some(url)
+}
+
+/// `url` without its user name and password, for logs: a proxy's URL may carry credentials.
+pub fn without_credentials(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    // Only URLs that cannot have credentials refuse these, and they have none to hide.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 /// Every provider adapter, built once at cold start around one HTTP client.
@@ -771,6 +792,23 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_a_base_url_are_kept_out_of_logs_and_debug_output() {
+        let up = upstream("https://proxy-user:proxy-pass@proxy.example.com/openai");
+        assert_eq!(
+            without_credentials(&up.base),
+            "https://proxy.example.com/openai"
+        );
+        let debug = format!("{up:?}");
+        assert!(debug.contains("proxy.example.com"), "{debug}");
+        assert!(
+            !debug.contains("proxy-pass") && !debug.contains("proxy-user"),
+            "{debug}"
+        );
+        // The request itself still carries them (reqwest sends them as Basic auth)
+        assert_eq!(up.url("/v1/x").password(), Some("proxy-pass"));
+    }
+
+    #[test]
     fn an_unusable_base_url_stops_the_clients_construction() {
         let mut settings =
             crate::config::Settings::local("s", "http://127.0.0.1:1", None).providers;
@@ -782,7 +820,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "the anthropic base URL is not an http or https URL"
+            "the anthropic base URL is not an http or https URL without a query or fragment"
         );
     }
 
