@@ -26,7 +26,6 @@ struct Inner {
     /// (org, month) → request id → record; request ids are time-ordered.
     requests: HashMap<(OrgId, String), BTreeMap<String, RequestRecord>>,
     daily: HashMap<(OrgId, String), BTreeMap<(String, String), DailyUsage>>,
-    settled: HashSet<String>,
     jobs: BTreeMap<JobId, (JobRecord, BTreeMap<String, JobItem>)>,
     /// API keys by hash.
     keys: HashMap<String, ApiKeyRecord>,
@@ -352,7 +351,13 @@ impl MeterStore for MemoryStore {
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let record = &s.record;
-        if inner.settled.contains(&record.request_id) {
+        let key = (record.org.clone(), s.month.clone());
+        // A settlement is written whole with its record: the record is what says it was settled.
+        if inner
+            .requests
+            .get(&key)
+            .is_some_and(|records| records.contains_key(&record.request_id))
+        {
             return Ok(());
         }
         if let Some(finish) = &s.job_item {
@@ -361,8 +366,6 @@ impl MeterStore for MemoryStore {
                 return Err(StoreError::Conflict("job item"));
             }
         }
-        inner.settled.insert(record.request_id.clone());
-        let key = (record.org.clone(), s.month.clone());
         let counter = inner.months.entry(key.clone()).or_default();
         let before = counter.holds.len();
         counter.holds.retain(|h| h.request_id != record.request_id);
