@@ -53,7 +53,12 @@ pub fn month_of(at: OffsetDateTime) -> String {
 /// `YYYY-MM-DD` of an instant, UTC.
 pub fn date_of(at: OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
-    format!("{}-{:02}", month_of(at), at.day())
+    format!(
+        "{:04}-{:02}-{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day()
+    )
 }
 
 /// RFC 3339 of an instant, UTC.
@@ -90,5 +95,10 @@ mod tests {
         // An instant given in another offset still falls in its UTC month.
         let at = datetime!(2026-12-01 00:30 +01:00);
         assert_eq!(month_of(at), "2026-11");
+        assert_eq!(date_of(at), "2026-11-30");
+        // Months and days are two digits, years four.
+        let at = datetime!(0987-03-05 23:30 -01:00);
+        assert_eq!(date_of(at), "0987-03-06");
+        assert_eq!(month_of(at), "0987-03");
     }
 }
