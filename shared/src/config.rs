@@ -83,10 +83,26 @@ impl ProviderSettings {
 }
 
 /// One provider's base URL (without the API path) and key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
-    pub base_url: String,
+    /// Parsed once, where it is read (see [`crate::providers::base_url`]); a call joins its API
+    /// path onto it.
+    pub base_url: reqwest::Url,
     pub api_key: Option<Secret>,
+}
+
+/// Written by hand so that credentials in a proxy's URL stay out of any debug output (the key is
+/// a [`Secret`] already).
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field(
+                "base_url",
+                &crate::providers::without_credentials(&self.base_url),
+            )
+            .field("api_key", &self.api_key)
+            .finish()
+    }
 }
 
 pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com";
@@ -140,16 +156,12 @@ impl Settings {
         // than failing every request to that provider. The value is not repeated: a proxy's URL
         // may carry credentials.
         let endpoint = |base: &'static str, default: &str, kind: ProviderKind| {
-            let base_url = env(base)
-                .unwrap_or_else(|| default.to_owned())
-                .trim_end_matches('/')
-                .to_owned();
-            if crate::providers::base_url(&base_url).is_none() {
-                return Err(ConfigError::Invalid {
+            let text = env(base).unwrap_or_else(|| default.to_owned());
+            let base_url =
+                crate::providers::base_url(&text).ok_or_else(|| ConfigError::Invalid {
                     name: base,
                     reason: "expected an http or https URL without a query or fragment".into(),
-                });
-            }
+                })?;
             Ok(Endpoint {
                 base_url,
                 api_key: env(kind.key_name()).map(Secret::new),
@@ -196,9 +208,15 @@ impl Settings {
     /// Settings read from nowhere: the built-in catalog, every provider at `base_url` (keyless
     /// when `key` is `None`, so the local server simulates it), and the defaults elsewhere. For
     /// tests and tools that must not depend on the environment.
+    ///
+    /// # Panics
+    /// When `base_url` is not a provider base URL (see [`crate::providers::base_url`]): it is the
+    /// caller's own constant or the address of a server it started.
     pub fn local(jwt_secret: &str, base_url: &str, key: Option<&str>) -> Settings {
+        let base_url = crate::providers::base_url(base_url)
+            .expect("Settings::local needs an http or https base URL");
         let endpoint = || Endpoint {
-            base_url: base_url.to_owned(),
+            base_url: base_url.clone(),
             api_key: key.map(Secret::new),
         };
         Settings {

@@ -17,8 +17,9 @@ use gateway::secret::Secret;
 const KEY: &str = "sk-test-very-secret-key-0123456789";
 
 fn settings(base_url: &str, timeout: Duration) -> ProviderSettings {
+    let base_url = gateway::providers::base_url(base_url).expect("an http base URL");
     let endpoint = || Endpoint {
-        base_url: base_url.to_owned(),
+        base_url: base_url.clone(),
         api_key: Some(Secret::new(KEY)),
     };
     ProviderSettings {

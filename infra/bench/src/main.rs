@@ -242,8 +242,10 @@ async fn start_simulator() -> anyhow::Result<String> {
 /// operator catalog in the caller's shell can leak into the measurement. The state is built here
 /// too, so that the caller keeps its own handle on the store (and the store's metrics).
 async fn start_gateway(simulator: &str, stores: Stores) -> anyhow::Result<String> {
+    let base_url = gateway::providers::base_url(simulator)
+        .with_context(|| format!("the simulator's address {simulator} is not a base URL"))?;
     let endpoint = || Endpoint {
-        base_url: simulator.to_owned(),
+        base_url: base_url.clone(),
         api_key: Some(Secret::new("simulated-key")),
     };
     let mut catalog = Catalog::builtin();

@@ -104,7 +104,8 @@ pub async fn build_on(
         .collect();
     if !missing.is_empty() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = gateway::providers::base_url(&format!("http://{}", listener.local_addr()?))
+            .ok_or_else(|| anyhow::anyhow!("the simulator's address is not a base URL"))?;
         tokio::spawn(async move {
             if let Err(err) =
                 simulator::serve(listener, simulator::SimulatorConfig::default()).await
@@ -121,10 +122,7 @@ pub async fn build_on(
     for kind in ProviderKind::ALL {
         let endpoint = settings.providers.endpoint(kind);
         // Without the user name and password a proxy's URL may carry.
-        let url = gateway::providers::base_url(&endpoint.base_url).map_or_else(
-            || "(unusable)".to_owned(),
-            |url| gateway::providers::without_credentials(&url),
-        );
+        let url = gateway::providers::without_credentials(&endpoint.base_url);
         if missing.contains(&kind) {
             tracing::info!(provider = %kind, %url, "no API key: provider is simulated");
         } else {

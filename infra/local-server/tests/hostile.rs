@@ -98,7 +98,7 @@ async fn start(stores: Stores) -> Gateway {
     );
     // GPT's provider is hostile; the others are simulated.
     settings.providers.openai = gateway::config::Endpoint {
-        base_url: hostile_upstream().await,
+        base_url: gateway::providers::base_url(&hostile_upstream().await).expect("an http URL"),
         api_key: Some(gateway::secret::Secret::new(
             "sk-gateway-own-key-0123456789",
         )),
